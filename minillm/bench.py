@@ -1,0 +1,128 @@
+"""Benchmarks: measured prefill and decode speed, next to the memory-bandwidth limit.
+
+Batch-1 decoding reads every weight once per token and does only two FLOPs per weight read,
+so it is memory-bound:
+
+$$\\text{tokens/s} \\le \\frac{\\text{bandwidth}}{\\text{bytes read per token}}, \\qquad
+  \\text{bytes per token} \\approx \\text{weight bytes} + \\text{KV-cache bytes}.$$
+
+`bench_decode` times prefill (the prompt at once) and decode (one token per step, through the
+KV cache) separately, takes the best of a few repeats (the machine is shared and noisy; the
+best run is the least disturbed one), and reports the achieved GB/s and, when a bandwidth is
+known, the fraction of the limit reached. Results are plain dicts, written as JSON by the CLI.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from typing import Any
+
+import numpy as np
+
+from . import backends
+from .nn.gpt import GPT, KVCache, forward
+
+
+def decode_bytes_per_token(model: GPT, context: int) -> int:
+    """Bytes a decode step at `context` positions reads: every block weight, the LM head (tied
+    embedding), one embedding row each for token and position, and the KV cache."""
+    cfg = model.config
+    p = model.params
+    total = 0
+    for name, w in p.items():
+        if name in ("wte.weight", "wpe.weight"):
+            continue
+        total += int(w.nbytes)
+    head = p["wte.weight"]
+    total += int(head.nbytes)  # the tied LM head reads all of wte
+    row = 4 * cfg.n_embd
+    total += 2 * row  # token and position embedding rows
+    total += 2 * cfg.n_layer * context * cfg.n_embd * 4  # keys and values, float32
+    return total
+
+
+def bench_decode(model: GPT, backend: Any = "numpy", prompt_tokens: int = 16, new_tokens: int = 32,
+                 repeat: int = 3, batch: int = 1, seed: int = 0,
+                 bandwidth_gb_s: float | None = None) -> dict[str, Any]:  # fmt: skip
+    """Time greedy prefill + decode of `new_tokens` after a random prompt; best of `repeat`.
+
+    Returns a dict with `prefill_tok_s`, `decode_tok_s`, `decode_ms_per_token`, `bytes_per_token`,
+    `achieved_gb_s` and, if `bandwidth_gb_s` is given, `bandwidth_gb_s` and `roofline_frac`.
+    """
+    cfg = model.config
+    for name, v in (("prompt_tokens", prompt_tokens), ("new_tokens", new_tokens), ("repeat", repeat),
+                    ("batch", batch)):  # fmt: skip
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise ValueError(f"{name} must be a positive int, got {v!r}")
+    if prompt_tokens + new_tokens > cfg.block_size:
+        raise ValueError(f"prompt_tokens + new_tokens = {prompt_tokens + new_tokens} exceeds the "
+                         f"context block_size={cfg.block_size}")  # fmt: skip
+    be = backends.get(backend)
+    t0 = time.perf_counter()
+    params = be.prepare(model.params)
+    prepare_s = time.perf_counter() - t0
+    rng = np.random.default_rng(seed)
+    prompt = rng.integers(0, cfg.vocab_size, size=(batch, prompt_tokens))
+
+    def run() -> tuple[float, float, np.ndarray]:
+        cache = KVCache.allocate(cfg, batch, be)
+        t = time.perf_counter()
+        logits = forward(params, cfg, prompt, cache, be, last_only=True)
+        nxt = np.asarray(be.to_numpy(logits[:, -1])).argmax(-1)  # forces the work to finish
+        t_prefill = time.perf_counter() - t
+        out = [nxt]
+        t = time.perf_counter()
+        for _ in range(new_tokens - 1):
+            logits = forward(params, cfg, nxt[:, None], cache, be, last_only=True)
+            nxt = np.asarray(be.to_numpy(logits[:, -1])).argmax(-1)
+            out.append(nxt)
+        t_decode = time.perf_counter() - t
+        return t_prefill, t_decode, np.stack(out, 1)
+
+    t = time.perf_counter()
+    run()  # warm-up: JIT compilation, caches, page faults
+    warmup_s = time.perf_counter() - t
+    best_prefill, best_decode = float("inf"), float("inf")
+    for _ in range(repeat):
+        tp, td, _ = run()
+        best_prefill, best_decode = min(best_prefill, tp), min(best_decode, td)
+    steps = max(1, new_tokens - 1)  # the first new token comes from the prefill
+    per_token = best_decode / steps
+    nbytes = decode_bytes_per_token(model, prompt_tokens + new_tokens // 2)
+    result: dict[str, Any] = {
+        "backend": be.name,
+        "batch": batch,
+        "prompt_tokens": prompt_tokens,
+        "new_tokens": new_tokens,
+        "prefill_tok_s": round(batch * prompt_tokens / best_prefill, 2),
+        "decode_tok_s": round(batch / per_token, 2),
+        "decode_ms_per_token": round(per_token * 1e3, 3),
+        "bytes_per_token": nbytes,
+        "achieved_gb_s": round(nbytes / per_token / 1e9, 2),
+        "warmup_s": round(warmup_s, 3),
+        "prepare_s": round(prepare_s, 3),
+        "repeat": repeat,
+    }
+    if bandwidth_gb_s:
+        result["bandwidth_gb_s"] = round(bandwidth_gb_s, 2)
+        result["roofline_tok_s"] = round(bandwidth_gb_s * 1e9 / nbytes, 2)
+        result["roofline_frac"] = round(result["achieved_gb_s"] / bandwidth_gb_s, 3)
+    return result
+
+
+def machine_info() -> dict[str, Any]:
+    """Where a measurement was taken: CPU, cores, Python, NumPy, date."""
+    import os
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
+            "numpy": np.__version__, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}  # fmt: skip

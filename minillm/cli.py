@@ -1,0 +1,198 @@
+"""The `minillm` command line: tour, train, distill, generate, eval, compress, bench, roofline.
+
+Errors a user can cause (a bad argument, a missing file, a missing optional dependency) print
+one line, ``minillm: error: …``, and exit with status 2; ``--debug`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, TypeError, FileNotFoundError,
+                                                 RuntimeError, KeyError, OSError)  # fmt: skip
+
+
+def _load_model(name: str):
+    from .io import load
+
+    return load(name)
+
+
+def _write_json(path: str | None, obj: Any) -> None:
+    if path:
+        from .io import atomic_write_text
+
+        atomic_write_text(Path(path), json.dumps(obj, indent=2) + "\n")
+
+
+# ------------------------------------------------------------------------------------------
+def cmd_generate(a: argparse.Namespace) -> int:
+    import numpy as np
+
+    from .generate import stream
+
+    model = _load_model(a.model)
+    tok = model.tokenizer
+    if tok is None:
+        raise ValueError(f"model {a.model!r} has no tokenizer, so --prompt text cannot be encoded")
+    ids = tok.encode(a.prompt)
+    if not ids:
+        raise ValueError("--prompt must not be empty")
+    ids = ids[-model.config.block_size :]
+    sys.stdout.write(a.prompt)
+    sys.stdout.flush()
+    it = stream(model, np.asarray([ids]), a.tokens, temperature=a.temperature, top_k=a.top_k,
+                top_p=a.top_p, seed=a.seed, backend=a.backend)  # fmt: skip
+    for nxt in it:
+        sys.stdout.write(tok.decode([int(nxt[0])]))
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    return 0
+
+
+def cmd_eval(a: argparse.Namespace) -> int:
+    from . import data
+    from .train import evaluate
+
+    model = _load_model(a.model)
+    if model.tokenizer is None:
+        raise ValueError(f"model {a.model!r} has no tokenizer; eval needs one to encode the corpus")
+    ids = data.encode_split(a.split, model.tokenizer)
+    res = evaluate(model, ids, backend=a.backend, max_tokens=a.max_tokens, progress=True)
+    res |= {"model": a.model, "split": a.split, "backend": a.backend,
+            "params": model.n_params, "bytes": model.nbytes}  # fmt: skip
+    print(f"{a.model}: val loss {res['loss']:.4f} nats/token, ppl {res['ppl']:.3f} "
+          f"over {res['tokens']:,} tokens; {res['params']:,} params, {res['bytes']:,} bytes")  # fmt: skip
+    _write_json(a.json, res)
+    return 0
+
+
+def cmd_train(a: argparse.Namespace) -> int:
+    from .train import TrainConfig, train_preset
+
+    cfg = TrainConfig(steps=a.steps) if a.steps else TrainConfig()
+    log = train_preset(a.preset, a.out, cfg, resume=a.resume, command=" ".join(sys.argv))
+    if "val" in log:
+        print(f"saved {a.out}: val loss {log['val']['loss']:.4f} nats/char")
+    return 0
+
+
+def cmd_distill(a: argparse.Namespace) -> int:
+    from .train import TrainConfig, distillation_step, train_preset
+
+    teacher = _load_model(a.teacher)
+    cfg = TrainConfig(steps=a.steps) if a.steps else TrainConfig()
+    log = train_preset(a.preset, a.out, cfg, resume=a.resume, command=" ".join(sys.argv),
+                       step_fn_factory=lambda m: distillation_step(m.config, teacher, a.alpha,
+                                                                   a.temperature))  # fmt: skip
+    if "val" in log:
+        print(f"saved {a.out}: val loss {log['val']['loss']:.4f} nats/char")
+    return 0
+
+
+def cmd_bench(a: argparse.Namespace) -> int:
+    from .bench import bench_decode, machine_info
+    from .config import GPTConfig
+    from .nn.gpt import GPT
+
+    if a.model == "gpt2":
+        model = GPT(GPTConfig.preset("gpt2"), seed=0)  # random weights: speed does not need real ones
+    else:
+        model = _load_model(a.model)
+    if a.weights != "fp32":
+        from .compress.quantize import quantize_params
+
+        model = GPT(model.config, params=quantize_params(model.params, a.weights),
+                    tokenizer=model.tokenizer)  # fmt: skip
+    res = bench_decode(model, a.backend, a.prompt_tokens, a.tokens, repeat=a.repeat)
+    res = {"model": a.model, "weights": a.weights, **res, "machine": machine_info()}
+    print(json.dumps(res, indent=2))
+    _write_json(a.json, res)
+    return 0
+
+
+# ------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    p = argparse.ArgumentParser(prog="minillm", description="A from-scratch teaching engine for "
+                                "fast LLM inference.")  # fmt: skip
+    p.add_argument("--version", action="version", version=f"minillm {__version__}")
+    p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def backend_arg(s: argparse.ArgumentParser) -> None:
+        s.add_argument("--backend", default="numpy", help="numpy (default), numba, cupy or jax")
+
+    g = sub.add_parser("generate", help="stream text from a model")
+    g.add_argument("--model", default="teacher", help="shipped name (teacher, student-scratch, "
+                   "student-distilled) or a checkpoint directory")  # fmt: skip
+    g.add_argument("--prompt", default="\n", help="text to continue")
+    g.add_argument("--tokens", type=int, default=200, help="how many tokens to generate")
+    g.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
+    g.add_argument("--top-k", type=int, default=None)
+    g.add_argument("--top-p", type=float, default=None)
+    g.add_argument("--seed", type=int, default=None)
+    backend_arg(g)
+    g.set_defaults(func=cmd_generate)
+
+    e = sub.add_parser("eval", help="validation loss, parameters and bytes of a model")
+    e.add_argument("--model", default="teacher")
+    e.add_argument("--split", default="val", choices=["train", "val"])
+    e.add_argument("--max-tokens", type=int, default=None, help="evaluate only the first N tokens")
+    e.add_argument("--json", metavar="PATH", help="write the result as JSON")
+    backend_arg(e)
+    e.set_defaults(func=cmd_eval)
+
+    t = sub.add_parser("train", help="train a preset on the Shakespeare corpus")
+    t.add_argument("--preset", default="teacher", choices=["tiny", "teacher", "student"])
+    t.add_argument("--out", required=True, help="output directory")
+    t.add_argument("--steps", type=int, default=None, help="override the number of steps")
+    t.add_argument("--resume", action="store_true", help="continue from OUT/train_state.safetensors")
+    t.set_defaults(func=cmd_train)
+
+    d = sub.add_parser("distill", help="train a student from a teacher (knowledge distillation)")
+    d.add_argument("--teacher", default="teacher")
+    d.add_argument("--preset", default="student", choices=["tiny", "teacher", "student"])
+    d.add_argument("--out", required=True)
+    d.add_argument("--steps", type=int, default=None)
+    d.add_argument("--alpha", type=float, default=0.25, help="weight of the hard-label loss")
+    d.add_argument("--temperature", type=float, default=1.0)
+    d.add_argument("--resume", action="store_true")
+    d.set_defaults(func=cmd_distill)
+
+    b = sub.add_parser("bench", help="measure prefill/decode tokens/s (JSON)")
+    b.add_argument("--model", default="gpt2", help="gpt2 (124M shape, random weights) or a model")
+    b.add_argument("--weights", default="fp32", help="fp32, int8, q8_0, q4_0, int4-g32")
+    b.add_argument("--prompt-tokens", type=int, default=16)
+    b.add_argument("--tokens", type=int, default=32)
+    b.add_argument("--repeat", type=int, default=3)
+    b.add_argument("--json", metavar="PATH")
+    backend_arg(b)
+    b.set_defaults(func=cmd_bench)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `minillm` console script."""
+    parser = build_parser()
+    a = parser.parse_args(argv)
+    try:
+        return a.func(a)
+    except KeyboardInterrupt:
+        print("minillm: interrupted", file=sys.stderr)
+        return 130
+    except USER_ERRORS as e:
+        if a.debug:
+            raise
+        msg = str(e).replace("\n", " ") or type(e).__name__
+        print(f"minillm: error: {msg}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
