@@ -115,6 +115,53 @@ def cmd_bench(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tour(a: argparse.Namespace) -> int:
+    from .tour import run_tour
+
+    run_tour(json_path=a.json, out_dir=a.out, backends=a.backends, quick=a.quick)
+    return 0
+
+
+def cmd_compress(a: argparse.Namespace) -> int:
+    from .compress.recipe import apply_recipe, finetune, parse_recipe
+    from .io import save
+    from .nn.gpt import GPT
+
+    parse_recipe(a.recipe)  # a bad recipe fails before any loading
+    model = _load_model(a.model)
+    if a.finetune:
+        structural = "+".join(p for p in a.recipe.split("+") if p.split(":")[0] in ("prune", "lowrank")
+                              or p.count(":") == 1 and p.replace(":", "").isdigit())  # fmt: skip
+        if not structural:
+            raise ValueError(f"--finetune needs a structural step (prune:S, 2:4, lowrank:F) in {a.recipe!r}")
+        model = finetune(model, structural, steps=a.finetune)
+        if a.save_dense:
+            save(model, a.save_dense)
+            print(f"saved the fine-tuned dense weights to {a.save_dense}")
+    params = apply_recipe(model.params, a.recipe)
+    out = GPT(model.config, params=params, tokenizer=model.tokenizer)
+    print(f"{a.recipe}: {out.n_params:,} stored values, {out.nbytes:,} bytes "
+          f"(dense float32: {model.config.n_params * 4:,} bytes)")  # fmt: skip
+    if a.out:
+        save(out, a.out)
+        print(f"saved {a.out}")
+    return 0
+
+
+def cmd_roofline(a: argparse.Namespace) -> int:
+    from .hw.roofline import format_report, roofline_report
+
+    if a.phase == "decode":
+        rep = roofline_report(a.model, weights=a.weights, device=a.device, phase="decode", context=a.context,
+                              batch=a.batch)  # fmt: skip
+    else:
+        rep = roofline_report(a.model, weights=a.weights, device=a.device, phase="prefill",
+                              prompt_len=a.prompt_tokens, batch=a.batch)  # fmt: skip
+    print(format_report(rep))
+    _write_json(a.json, rep)
+    return 0
+
+
 # ------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
@@ -174,6 +221,33 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--json", metavar="PATH")
     backend_arg(b)
     b.set_defaults(func=cmd_bench)
+    tr = sub.add_parser("tour", help="the main job: every method on the shipped models, measured")
+    tr.add_argument("--json", metavar="PATH", help="write all results as JSON")
+    tr.add_argument("--out", default="tour-out", help="directory for the plots (default: tour-out)")
+    tr.add_argument("--backends", nargs="+", default=None, help="backends to measure (default: all available)")
+    tr.add_argument("--quick", action="store_true", help="smaller validation slice and shorter timings")
+    tr.set_defaults(func=cmd_tour)
+
+    c = sub.add_parser("compress", help="apply a compression recipe, e.g. prune:0.5+int8")
+    c.add_argument("--model", default="teacher")
+    c.add_argument("--recipe", required=True, help="steps joined by '+': prune:S, 2:4, lowrank:F, int8, q8_0, "
+                   "q4_0, int4-g32")  # fmt: skip
+    c.add_argument("--out", default=None, help="directory to save the compressed model")
+    c.add_argument("--finetune", type=int, default=0, metavar="STEPS",
+                   help="fine-tune the pruned / low-rank model for STEPS steps first")  # fmt: skip
+    c.add_argument("--save-dense", default=None, metavar="DIR", help="also save the fine-tuned dense weights")
+    c.set_defaults(func=cmd_compress)
+
+    r = sub.add_parser("roofline", help="predicted time per op on a device (roofline model)")
+    r.add_argument("--model", default="gpt2", help="a preset name: tiny, teacher, student, gpt2")
+    r.add_argument("--weights", default="fp32", help="fp32, fp16, bf16, int8, q8_0, q4_0, int4-g32")
+    r.add_argument("--device", default="cpu", help="cpu (measured), a100, h100, tpu-v1, tpu-v4, ...")
+    r.add_argument("--phase", default="decode", choices=["decode", "prefill"])
+    r.add_argument("--context", type=int, default=512, help="context length for decode")
+    r.add_argument("--prompt-tokens", type=int, default=512, help="prompt length for prefill")
+    r.add_argument("--batch", type=int, default=1)
+    r.add_argument("--json", metavar="PATH")
+    r.set_defaults(func=cmd_roofline)
     return p
 
 
