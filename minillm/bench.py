@@ -126,3 +126,55 @@ def machine_info() -> dict[str, Any]:
         pass
     return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
             "numpy": np.__version__, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}  # fmt: skip
+
+
+def kv_speedup_prediction(config, prompt_tokens: int, new_tokens: int) -> float:
+    """FLOP-count prediction of the KV cache's speed-up over recomputing the prefix (see docs).
+
+    Recomputing at length $t$: $2P_{blk}t + 2LCt(t+1) + 2VC$; a cached step: $2P_{blk} + 4LCt + 2VC$,
+    with $P_{blk} = 12LC^2$, summed over $t = P+1 \\ldots P+n$.
+    """
+    L, C, V = config.n_layer, config.n_embd, config.vocab_size
+    p_blk = 12 * L * C * C
+    t = np.arange(prompt_tokens + 1, prompt_tokens + new_tokens + 1, dtype=np.float64)
+    recompute = (2 * p_blk * t + 2 * L * C * t * (t + 1) + 2 * V * C).sum()
+    cached = (2 * p_blk + 4 * L * C * t + 2 * V * C).sum()
+    return float(recompute / cached)
+
+
+def kv_cache_speedup(model: GPT, prompt_tokens: int = 16, new_tokens: int = 256, backend: Any = "numpy",
+                     seed: int = 0) -> dict[str, Any]:  # fmt: skip
+    """Measured time to generate `new_tokens` greedily with the KV cache and by recomputing the
+    whole prefix at every step, next to `kv_speedup_prediction`. Both produce the same tokens."""
+    cfg = model.config
+    if prompt_tokens + new_tokens > cfg.block_size:
+        raise ValueError(f"prompt_tokens + new_tokens = {prompt_tokens + new_tokens} exceeds block_size="
+                         f"{cfg.block_size}")  # fmt: skip
+    be = backends.get(backend)
+    params = be.prepare(model.params)
+    prompt = np.random.default_rng(seed).integers(0, cfg.vocab_size, size=(1, prompt_tokens))
+
+    t = time.perf_counter()
+    cache = KVCache.allocate(cfg, 1, be)
+    logits = forward(params, cfg, prompt, cache, be, last_only=True)
+    cached_ids = []
+    for _ in range(new_tokens):
+        nxt = np.asarray(be.to_numpy(logits[:, -1])).argmax(-1)
+        cached_ids.append(int(nxt[0]))
+        logits = forward(params, cfg, nxt[:, None], cache, be, last_only=True)
+    t_cached = time.perf_counter() - t
+
+    t = time.perf_counter()
+    ids = prompt
+    recomputed_ids = []
+    for _ in range(new_tokens):
+        logits = forward(params, cfg, ids, None, be, last_only=True)  # the whole prefix, every step
+        nxt = np.asarray(be.to_numpy(logits[:, -1])).argmax(-1)
+        recomputed_ids.append(int(nxt[0]))
+        ids = np.concatenate([ids, nxt[:, None]], axis=1)
+    t_recompute = time.perf_counter() - t
+    return {"prompt_tokens": prompt_tokens, "new_tokens": new_tokens, "backend": be.name,
+            "cached_s": round(t_cached, 4), "recompute_s": round(t_recompute, 4),
+            "measured_speedup": round(t_recompute / t_cached, 2),
+            "predicted_speedup": round(kv_speedup_prediction(cfg, prompt_tokens, new_tokens), 2),
+            "same_tokens": cached_ids == recomputed_ids}  # fmt: skip

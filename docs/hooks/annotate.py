@@ -26,6 +26,7 @@ the theme, search and MathJax.
 from __future__ import annotations
 
 import ast
+import importlib.util
 import io
 import re
 import tokenize
@@ -139,23 +140,19 @@ def split(source: str) -> tuple[str | None, list[Section]]:
 
 FORMATTER = HtmlFormatter(cssclass="highlight", wrapcode=True)
 LEXER = PythonLexer()
-DOCTEST_START = re.compile(r"^(\s*)>>> ")
 
 
-def fence_doctests(doc: str) -> str:
-    """Wrap each `>>>` session of a docstring in a ```python fence (else Markdown reads `>` as a quote)."""
-    out, inside = [], False
-    for line in doc.splitlines():
-        if not inside and DOCTEST_START.match(line):
-            out += ["", "```python"]
-            inside = True
-        elif inside and not line.strip():
-            out += ["```", ""]
-            inside = False
-        out.append(line)
-    if inside:
-        out.append("```")
-    return "\n".join(out)
+def _sibling(name: str):
+    # Hooks are loaded by path, not as a package: import a sibling file the same way.
+    spec = importlib.util.spec_from_file_location(f"minillm_docs_{name}", Path(__file__).with_name(f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# The same rules as the API reference: `>>>` sessions become ```python blocks, not nested quotes,
+# and each `$$` block is a paragraph of its own.
+prepare_markdown = _sibling("docstrings").prepare_markdown
 
 
 def code_html(lines: list[str]) -> str:
@@ -175,13 +172,13 @@ def render_module(path: Path) -> str:
         f"generated from the source at build time · comments on the left, code on the right</p>\n",
     ]
     if doc:
-        parts.append(f'<div class="ann-doc" markdown="1">\n\n{fence_doctests(doc)}\n\n</div>\n')
+        parts.append(f'<div class="ann-doc" markdown="1">\n\n{prepare_markdown(doc)}\n\n</div>\n')
     for s in sections:
         note = "\n".join(s.note)
         anchor = f"L{s.first_line}" if s.first_line else ""
         parts.append(
             f'<div class="ann-row" markdown="1"{f" id={anchor!r}" if anchor else ""}>\n'
-            f'<div class="ann-note" markdown="1">\n\n{note}\n\n</div>\n'
+            f'<div class="ann-note" markdown="1">\n\n{prepare_markdown(note)}\n\n</div>\n'
             f'<div class="ann-code" markdown="0">{code_html(s.code) if s.has_code() else ""}</div>\n'
             "</div>\n"
         )
