@@ -55,6 +55,9 @@ def bench_decode(model: GPT, backend: Any = "numpy", prompt_tokens: int = 16, ne
                     ("batch", batch)):  # fmt: skip
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
             raise ValueError(f"{name} must be a positive int, got {v!r}")
+    if bandwidth_gb_s is not None and (isinstance(bandwidth_gb_s, bool) or not isinstance(bandwidth_gb_s, (int, float))
+                                       or not 0 < bandwidth_gb_s < float("inf")):  # fmt: skip
+        raise ValueError(f"bandwidth_gb_s must be a finite number > 0 or None, got {bandwidth_gb_s!r}")
     if prompt_tokens + new_tokens > cfg.block_size:
         raise ValueError(f"prompt_tokens + new_tokens = {prompt_tokens + new_tokens} exceeds the "
                          f"context block_size={cfg.block_size}")  # fmt: skip
@@ -178,3 +181,56 @@ def kv_cache_speedup(model: GPT, prompt_tokens: int = 16, new_tokens: int = 256,
             "measured_speedup": round(t_recompute / t_cached, 2),
             "predicted_speedup": round(kv_speedup_prediction(cfg, prompt_tokens, new_tokens), 2),
             "same_tokens": cached_ids == recomputed_ids}  # fmt: skip
+
+
+def bench_train(preset: str = "teacher", steps: int = 10, batch_size: int = 32, vocab_size: int = 77,
+                torch_too: bool = True, seed: int = 0) -> dict[str, Any]:  # fmt: skip
+    """Training tokens/s (forward + hand-written backward + AdamW) on random tokens, best step of
+    `steps`; with PyTorch importable, the same shapes trained by `transformers.GPT2LMHeadModel`
+    and `torch.optim.AdamW` in the same run, for the ratio."""
+    from .config import GPTConfig
+    from .train import AdamW, TrainConfig, clip_grads, cross_entropy_step
+
+    cfg = GPTConfig.preset(preset, vocab_size=vocab_size)
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, cfg.vocab_size, (batch_size, cfg.block_size))
+    y = rng.integers(0, cfg.vocab_size, (batch_size, cfg.block_size))
+    model = GPT(cfg, seed=seed)
+    step = cross_entropy_step(cfg)
+    opt = AdamW(model.params, TrainConfig())
+    times = []
+    for _ in range(steps + 1):
+        t = time.perf_counter()
+        _, grads = step(model.params, x, y)
+        clip_grads(grads, 1.0)
+        opt.step(model.params, grads, 1e-3)
+        times.append(time.perf_counter() - t)
+    tokens = batch_size * cfg.block_size
+    result: dict[str, Any] = {"preset": preset, "batch_size": batch_size, "block_size": cfg.block_size,
+                              "minillm_tok_s": round(tokens / min(times[1:]), 1)}  # fmt: skip
+    if torch_too:
+        try:
+            import torch
+            from transformers import GPT2Config, GPT2LMHeadModel
+        except ImportError as e:
+            result["torch"] = f"not measured: {e}"
+            return result
+        hf = GPT2LMHeadModel(GPT2Config(vocab_size=cfg.vocab_size, n_positions=cfg.block_size, n_embd=cfg.n_embd,
+                                        n_layer=cfg.n_layer, n_head=cfg.n_head, resid_pdrop=0.0, embd_pdrop=0.0,
+                                        attn_pdrop=0.0))  # fmt: skip
+        topt = torch.optim.AdamW(hf.parameters(), lr=1e-3, weight_decay=0.1)
+        tx, ty = torch.from_numpy(x), torch.from_numpy(y)
+        ttimes = []
+        for _ in range(steps + 1):
+            t = time.perf_counter()
+            logits = hf(tx).logits
+            loss = torch.nn.functional.cross_entropy(logits.reshape(-1, cfg.vocab_size), ty.reshape(-1))
+            topt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(hf.parameters(), 1.0)
+            topt.step()
+            ttimes.append(time.perf_counter() - t)
+        result |= {"torch_tok_s": round(tokens / min(ttimes[1:]), 1), "torch": torch.__version__,
+                   "torch_threads": torch.get_num_threads()}  # fmt: skip
+        result["ratio"] = round(result["minillm_tok_s"] / result["torch_tok_s"], 3)
+    return result

@@ -54,7 +54,7 @@ from typing import Any
 import numpy as np
 
 from .kinds import block_matmul_names, check_array
-from .nn.gpt import GPT, backward, forward_train
+from .nn.gpt import GPT
 
 # ------------------------------------------------------------------------------------------
 # (a) Soft-thresholding versus quantization.
@@ -66,13 +66,14 @@ def soft_threshold(x: Any, theta: Any) -> np.ndarray:
     `theta` (>= 0) broadcasts against `x` (e.g. one threshold per output column).
 
     >>> soft_threshold(np.array([-3.0, -0.5, 0.0, 0.2, 2.0]), 1.0).tolist()
-    [-2.0, -0.0, 0.0, 0.0, 1.0]
+    [-2.0, 0.0, 0.0, 0.0, 1.0]
     """
     x = check_array("x", x)
     theta = check_array("theta", theta)
     if np.any(theta < 0):
         raise ValueError(f"theta must be >= 0, got a minimum of {theta.min()}")
-    return np.sign(x) * np.maximum(0, np.abs(x) - theta)
+    shrunk = np.abs(x) - theta
+    return np.where(shrunk > 0, np.sign(x) * shrunk, 0.0)  # +0.0 where zeroed, never -0.0
 
 
 def int8_step(w: Any) -> np.ndarray:

@@ -13,7 +13,53 @@ from pathlib import Path
 from typing import Any
 
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, TypeError, FileNotFoundError,
-                                                 RuntimeError, KeyError, OSError)  # fmt: skip
+                                                 RuntimeError, KeyError, OSError, ArithmeticError)  # fmt: skip
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line too (``minillm generate: error: …``), status 2."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+# Argument types: argparse reports their ValueError as "argument --x: invalid <name> value".
+def _int_at_least(lo: int):
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an int >= {lo}, got {text!r}") from None
+        if v < lo:
+            raise argparse.ArgumentTypeError(f"must be an int >= {lo}, got {v}")
+        return v
+
+    return parse
+
+
+def _float_in(lo: float, hi: float, lo_open: bool, hi_open: bool = True):
+    allowed = f"{'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
+
+    def parse(text: str) -> float:
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a number in {allowed}, got {text!r}") from None
+        ok = (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi)
+        if not ok:  # NaN fails both comparisons
+            raise argparse.ArgumentTypeError(f"must be a number in {allowed}, got {text}")
+        return v
+
+    return parse
+
+
+def _weights(text: str) -> str:
+    from .compress.quantize import _GROUP_METHOD
+
+    if text in ("fp32", "int8", "q8_0", "q4_0") or _GROUP_METHOD.fullmatch(text):
+        return text
+    raise argparse.ArgumentTypeError(f"must be fp32, int8, q8_0, q4_0 or int<b>-g<G> (b in 2..8, e.g. "
+                                     f"int4-g32), got {text!r}")  # fmt: skip
 
 
 def _load_model(name: str):
@@ -27,6 +73,12 @@ def _write_json(path: str | None, obj: Any) -> None:
         from .io import atomic_write_text
 
         atomic_write_text(Path(path), json.dumps(obj, indent=2) + "\n")
+
+
+def _bandwidth() -> float:
+    from .hw.devices import get_device
+
+    return get_device("cpu").bandwidth() / 1e9
 
 
 # ------------------------------------------------------------------------------------------
@@ -43,10 +95,11 @@ def cmd_generate(a: argparse.Namespace) -> int:
     if not ids:
         raise ValueError("--prompt must not be empty")
     ids = ids[-model.config.block_size :]
-    sys.stdout.write(a.prompt)
-    sys.stdout.flush()
+    # stream() checks every argument when called: a bad one fails before the prompt is echoed.
     it = stream(model, np.asarray([ids]), a.tokens, temperature=a.temperature, top_k=a.top_k,
                 top_p=a.top_p, seed=a.seed, backend=a.backend)  # fmt: skip
+    sys.stdout.write(a.prompt)
+    sys.stdout.flush()
     for nxt in it:
         sys.stdout.write(tok.decode([int(nxt[0])]))
         sys.stdout.flush()
@@ -72,20 +125,29 @@ def cmd_eval(a: argparse.Namespace) -> int:
 
 
 def cmd_train(a: argparse.Namespace) -> int:
-    from .train import TrainConfig, train_preset
+    from .train import train_preset
 
-    cfg = TrainConfig(steps=a.steps) if a.steps else TrainConfig()
+    cfg = _train_config(a.steps)
     log = train_preset(a.preset, a.out, cfg, resume=a.resume, command=" ".join(sys.argv))
     if "val" in log:
         print(f"saved {a.out}: val loss {log['val']['loss']:.4f} nats/char")
     return 0
 
 
+def _train_config(steps: int | None):
+    """The default TrainConfig, or one of `steps` steps (warmup shortened so that it fits)."""
+    from .train import TrainConfig
+
+    if steps is None:
+        return TrainConfig()
+    return TrainConfig(steps=steps, warmup=min(TrainConfig.warmup, steps - 1))
+
+
 def cmd_distill(a: argparse.Namespace) -> int:
-    from .train import TrainConfig, distillation_step, train_preset
+    from .train import distillation_step, train_preset
 
     teacher = _load_model(a.teacher)
-    cfg = TrainConfig(steps=a.steps) if a.steps else TrainConfig()
+    cfg = _train_config(a.steps)
     log = train_preset(a.preset, a.out, cfg, resume=a.resume, command=" ".join(sys.argv),
                        step_fn_factory=lambda m: distillation_step(m.config, teacher, a.alpha,
                                                                    a.temperature))  # fmt: skip
@@ -95,9 +157,18 @@ def cmd_distill(a: argparse.Namespace) -> int:
 
 
 def cmd_bench(a: argparse.Namespace) -> int:
-    from .bench import bench_decode, machine_info
+    from . import backends
+    from .bench import bench_decode, bench_train, kv_cache_speedup, machine_info
     from .config import GPTConfig
     from .nn.gpt import GPT
+
+    backends.get(a.backend)  # an unknown or unavailable backend fails before any work
+    if a.train:
+        res = bench_train("teacher" if a.model == "gpt2" else a.model, steps=a.repeat + 2)
+        res["machine"] = machine_info()
+        print(json.dumps(res, indent=2))
+        _write_json(a.json, res)
+        return 0
 
     if a.model == "gpt2":
         model = GPT(GPTConfig.preset("gpt2"), seed=0)  # random weights: speed does not need real ones
@@ -108,7 +179,11 @@ def cmd_bench(a: argparse.Namespace) -> int:
 
         model = GPT(model.config, params=quantize_params(model.params, a.weights),
                     tokenizer=model.tokenizer)  # fmt: skip
-    res = bench_decode(model, a.backend, a.prompt_tokens, a.tokens, repeat=a.repeat)
+    if a.kv_cache:
+        res = kv_cache_speedup(model, a.prompt_tokens, a.tokens, backend=a.backend)
+    else:
+        res = bench_decode(model, a.backend, a.prompt_tokens, a.tokens, repeat=a.repeat,
+                           bandwidth_gb_s=_bandwidth() if a.bandwidth else None)  # fmt: skip
     res = {"model": a.model, "weights": a.weights, **res, "machine": machine_info()}
     print(json.dumps(res, indent=2))
     _write_json(a.json, res)
@@ -116,8 +191,11 @@ def cmd_bench(a: argparse.Namespace) -> int:
 
 
 def cmd_tour(a: argparse.Namespace) -> int:
-    from .tour import run_tour
+    from .tour import run_tour, run_tradeoffs, tradeoffs_markdown
 
+    if a.tradeoffs:
+        print(tradeoffs_markdown(run_tradeoffs(a.tradeoffs, quick=a.quick)))
+        return 0
     run_tour(json_path=a.json, out_dir=a.out, backends=a.backends, quick=a.quick)
     return 0
 
@@ -166,7 +244,7 @@ def cmd_roofline(a: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
-    p = argparse.ArgumentParser(prog="minillm", description="A from-scratch teaching engine for "
+    p = _Parser(prog="minillm", description="A from-scratch teaching engine for "
                                 "fast LLM inference.")  # fmt: skip
     p.add_argument("--version", action="version", version=f"minillm {__version__}")
     p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
@@ -179,18 +257,18 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--model", default="teacher", help="shipped name (teacher, student-scratch, "
                    "student-distilled) or a checkpoint directory")  # fmt: skip
     g.add_argument("--prompt", default="\n", help="text to continue")
-    g.add_argument("--tokens", type=int, default=200, help="how many tokens to generate")
-    g.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
-    g.add_argument("--top-k", type=int, default=None)
-    g.add_argument("--top-p", type=float, default=None)
-    g.add_argument("--seed", type=int, default=None)
+    g.add_argument("--tokens", type=_int_at_least(0), default=200, help="how many tokens to generate")
+    g.add_argument("--temperature", type=_float_in(0, float("inf"), False), default=0.8, help="0 = greedy")
+    g.add_argument("--top-k", type=_int_at_least(1), default=None)
+    g.add_argument("--top-p", type=_float_in(0, 1, True, False), default=None)
+    g.add_argument("--seed", type=_int_at_least(0), default=None)
     backend_arg(g)
     g.set_defaults(func=cmd_generate)
 
     e = sub.add_parser("eval", help="validation loss, parameters and bytes of a model")
     e.add_argument("--model", default="teacher")
     e.add_argument("--split", default="val", choices=["train", "val"])
-    e.add_argument("--max-tokens", type=int, default=None, help="evaluate only the first N tokens")
+    e.add_argument("--max-tokens", type=_int_at_least(1), default=None, help="evaluate only the first N tokens")
     e.add_argument("--json", metavar="PATH", help="write the result as JSON")
     backend_arg(e)
     e.set_defaults(func=cmd_eval)
@@ -198,7 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a preset on the Shakespeare corpus")
     t.add_argument("--preset", default="teacher", choices=["tiny", "teacher", "student"])
     t.add_argument("--out", required=True, help="output directory")
-    t.add_argument("--steps", type=int, default=None, help="override the number of steps")
+    t.add_argument("--steps", type=_int_at_least(1), default=None, help="override the number of steps")
     t.add_argument("--resume", action="store_true", help="continue from OUT/train_state.safetensors")
     t.set_defaults(func=cmd_train)
 
@@ -206,19 +284,24 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--teacher", default="teacher")
     d.add_argument("--preset", default="student", choices=["tiny", "teacher", "student"])
     d.add_argument("--out", required=True)
-    d.add_argument("--steps", type=int, default=None)
-    d.add_argument("--alpha", type=float, default=0.25, help="weight of the hard-label loss")
-    d.add_argument("--temperature", type=float, default=1.0)
+    d.add_argument("--steps", type=_int_at_least(1), default=None)
+    d.add_argument("--alpha", type=_float_in(0, 1, False, False), default=0.25, help="weight of the hard-label loss")
+    d.add_argument("--temperature", type=_float_in(0, float("inf"), True), default=1.0)
     d.add_argument("--resume", action="store_true")
     d.set_defaults(func=cmd_distill)
 
     b = sub.add_parser("bench", help="measure prefill/decode tokens/s (JSON)")
     b.add_argument("--model", default="gpt2", help="gpt2 (124M shape, random weights) or a model")
-    b.add_argument("--weights", default="fp32", help="fp32, int8, q8_0, q4_0, int4-g32")
-    b.add_argument("--prompt-tokens", type=int, default=16)
-    b.add_argument("--tokens", type=int, default=32)
-    b.add_argument("--repeat", type=int, default=3)
+    b.add_argument("--weights", type=_weights, default="fp32", help="fp32, int8, q8_0, q4_0, int4-g32")
+    b.add_argument("--prompt-tokens", type=_int_at_least(1), default=16)
+    b.add_argument("--tokens", type=_int_at_least(1), default=32)
+    b.add_argument("--repeat", type=_int_at_least(1), default=3)
     b.add_argument("--json", metavar="PATH")
+    b.add_argument("--train", action="store_true", help="training tokens/s of minillm (and PyTorch if installed)")
+    b.add_argument("--kv-cache", action="store_true", help="KV cache vs recomputing the prefix, with the "
+                   "FLOP-count prediction")  # fmt: skip
+    b.add_argument("--no-bandwidth", dest="bandwidth", action="store_false",
+                   help="skip measuring memory bandwidth (no roofline fraction)")  # fmt: skip
     backend_arg(b)
     b.set_defaults(func=cmd_bench)
     tr = sub.add_parser("tour", help="the main job: every method on the shipped models, measured")
@@ -226,6 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--out", default="tour-out", help="directory for the plots (default: tour-out)")
     tr.add_argument("--backends", nargs="+", default=None, help="backends to measure (default: all available)")
     tr.add_argument("--quick", action="store_true", help="smaller validation slice and shorter timings")
+    tr.add_argument("--tradeoffs", metavar="PATH", help="instead: every method at several strengths, JSON to PATH")
     tr.set_defaults(func=cmd_tour)
 
     c = sub.add_parser("compress", help="apply a compression recipe, e.g. prune:0.5+int8")
@@ -233,7 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--recipe", required=True, help="steps joined by '+': prune:S, 2:4, lowrank:F, int8, q8_0, "
                    "q4_0, int4-g32")  # fmt: skip
     c.add_argument("--out", default=None, help="directory to save the compressed model")
-    c.add_argument("--finetune", type=int, default=0, metavar="STEPS",
+    c.add_argument("--finetune", type=_int_at_least(0), default=0, metavar="STEPS",
                    help="fine-tune the pruned / low-rank model for STEPS steps first")  # fmt: skip
     c.add_argument("--save-dense", default=None, metavar="DIR", help="also save the fine-tuned dense weights")
     c.set_defaults(func=cmd_compress)
@@ -243,9 +327,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--weights", default="fp32", help="fp32, fp16, bf16, int8, q8_0, q4_0, int4-g32")
     r.add_argument("--device", default="cpu", help="cpu (measured), a100, h100, tpu-v1, tpu-v4, ...")
     r.add_argument("--phase", default="decode", choices=["decode", "prefill"])
-    r.add_argument("--context", type=int, default=512, help="context length for decode")
-    r.add_argument("--prompt-tokens", type=int, default=512, help="prompt length for prefill")
-    r.add_argument("--batch", type=int, default=1)
+    r.add_argument("--context", type=_int_at_least(1), default=512, help="context length for decode")
+    r.add_argument("--prompt-tokens", type=_int_at_least(1), default=512, help="prompt length for prefill")
+    r.add_argument("--batch", type=_int_at_least(1), default=1)
     r.add_argument("--json", metavar="PATH")
     r.set_defaults(func=cmd_roofline)
     return p

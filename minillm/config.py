@@ -95,8 +95,12 @@ class GPTConfig:
 
         Keyword arguments override single fields, e.g. ``preset("teacher", vocab_size=83)``.
         """
-        if name not in PRESETS:
+        if not isinstance(name, str) or name not in PRESETS:
             raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+        fields = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(overrides) - set(fields))
+        if unknown:
+            raise ValueError(f"preset overrides {unknown} are not GPTConfig fields; allowed: {fields}")
         return cls(**{**PRESETS[name], **overrides})
 
     def to_dict(self) -> dict[str, Any]:

@@ -27,21 +27,27 @@ from typing import Any
 import numpy as np
 
 from . import backends
+from .config import GPTConfig
 from .nn.functional import softmax
 from .nn.gpt import GPT, KVCache, check_idx, forward
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+
+def _is_real(v: Any) -> bool:
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
 
 
 def check_sampling(temperature: float, top_k: int | None, top_p: float | None,
                    vocab_size: int) -> None:  # fmt: skip
     """Validate sampling parameters with messages that name the argument and the allowed range."""
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) \
-            or not np.isfinite(temperature) or temperature < 0:  # fmt: skip
+    if not _is_real(temperature) or not np.isfinite(temperature) or temperature < 0:
         raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature!r}")
-    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer))
-                              or top_k < 1):  # fmt: skip
+    if top_k is not None and (not _is_int(top_k) or top_k < 1):
         raise ValueError(f"top_k must be a positive int or None, got {top_k!r}")
-    if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, (int, float))
-                              or not 0 < top_p <= 1):  # fmt: skip
+    if top_p is not None and (not _is_real(top_p) or not 0 < top_p <= 1):
         raise ValueError(f"top_p must be in (0, 1] or None, got {top_p!r}")
 
 
@@ -78,17 +84,26 @@ def stream(model: GPT, idx: Any, max_new_tokens: int, temperature: float = 1.0,
     """Yield the next token ids (an int64 array of shape (B,)) one step at a time.
 
     Parameters are those of `generate`. Only the last position's logits are computed at each
-    step, and the KV cache is allocated once for the whole context window.
+    step, and the KV cache is allocated once for the whole context window. Every argument is
+    checked when `stream` is called, before the first token is asked for.
     """
-    cfg = model.config
+    cfg = getattr(model, "config", None)
+    if not isinstance(cfg, GPTConfig) or not isinstance(getattr(model, "params", None), dict):
+        raise TypeError(f"model must be a minillm.GPT (with .config and .params), got {type(model).__name__}")
     idx = check_idx(idx, cfg)
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)) \
-            or max_new_tokens < 0:  # fmt: skip
+    if not _is_int(max_new_tokens) or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
     check_sampling(temperature, top_k, top_p, cfg.vocab_size)
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
-        raise ValueError(f"seed must be an int or None, got {seed!r}")
+    if seed is not None and (not _is_int(seed) or seed < 0):
+        raise ValueError(f"seed must be an int >= 0 or None, got {seed!r}")
     be = backends.get(backend)
+    return _stream(model, idx, int(max_new_tokens), temperature, top_k, top_p, seed, be)
+
+
+def _stream(model: GPT, idx: np.ndarray, max_new_tokens: int, temperature: float, top_k: int | None,
+            top_p: float | None, seed: int | None, be: Any) -> Iterator[np.ndarray]:  # fmt: skip
+    """The generator behind `stream`, on validated arguments."""
+    cfg = model.config
     params = be.prepare(model.params)
     rng = np.random.default_rng(seed)
     B = idx.shape[0]

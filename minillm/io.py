@@ -270,7 +270,7 @@ def _parse_header(path: Path, f: Any, size: int) -> tuple[dict[str, dict], dict[
         raise CheckpointError(f"{path}: truncated: the header needs {n} bytes, the file has {size - 8}")
     try:
         header = json.loads(f.read(n).decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (ValueError, RecursionError) as e:  # bad UTF-8/JSON, an over-long integer, deep nesting
         raise CheckpointError(f"{path}: corrupt: the header is not UTF-8 JSON ({e})") from None
     if not isinstance(header, dict):
         raise CheckpointError(f"{path}: corrupt: the header is not a JSON object")
@@ -448,7 +448,7 @@ def _read_json(path: Path, what: str) -> Any:
         raise CheckpointError(f"{path}: missing; {what}")
     try:
         return json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (ValueError, RecursionError) as e:  # bad UTF-8/JSON, an over-long integer, deep nesting
         raise CheckpointError(f"{path}: corrupt: not UTF-8 JSON ({e})") from None
 
 
@@ -739,7 +739,10 @@ def load_gpt2(directory: str | os.PathLike) -> GPT:
         raise TypeError(f"directory must be a str or path-like, got {type(directory).__name__}")
     directory = Path(directory)
     if not directory.is_dir():
-        raise FileNotFoundError(f"no such directory: {str(directory)!r}")
+        raise FileNotFoundError(
+            f"no such directory: {str(directory)!r}; allowed: a Hugging Face GPT-2 directory "
+            "(config.json + model.safetensors)"
+        )
     config_path = directory / CONFIG_FILE
     config = _config_from_hf(_read_json(config_path, "a GPT-2 directory holds config.json"), config_path)
     weights_path = directory / WEIGHTS_FILE

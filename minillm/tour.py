@@ -242,3 +242,80 @@ def save_plots(result: dict[str, Any], out_dir: Path) -> list[Path]:
     paths.append(out_dir / "roofline.png")
     fig.savefig(paths[-1], dpi=120)
     return paths
+
+
+# ------------------------------------------------------------------------------------------
+# Trade-offs: each method at several strengths on the teacher (issue targets alongside).
+TRADEOFFS: list[tuple[str, str, str | None]] = [
+    # (method, recipe applied to the teacher, shipped fine-tuned model the recipe is applied to)
+    ("quantization", "int8", None),
+    ("quantization", "q8_0", None),
+    ("quantization", "int6-g32", None),
+    ("quantization", "q4_0", None),
+    ("quantization", "int4-g32", None),
+    ("quantization", "int3-g32", None),
+    ("quantization", "int2-g32", None),
+    ("pruning", "prune:0.25", None),
+    ("pruning", "prune:0.5", None),
+    ("pruning", "prune:0.75", None),
+    ("pruning", "prune:0.5", "teacher-prune50"),
+    ("pruning", "2:4", None),
+    ("pruning", "2:4", "teacher-2of4"),
+    ("low rank", "lowrank:0.75", None),
+    ("low rank", "lowrank:0.5", None),
+    ("low rank", "lowrank:0.25", None),
+    ("low rank", "lowrank:0.5", "teacher-lowrank50"),
+]
+# The compression issue's targets: allowed increase of validation loss over the teacher (nats).
+TARGETS = {("int8", None): 0.01, ("q8_0", None): 0.01, ("q4_0", None): 0.10, ("int4-g32", None): 0.10,
+           ("prune:0.5", "teacher-prune50"): 0.05, ("2:4", "teacher-2of4"): 0.10,
+           ("lowrank:0.5", "teacher-lowrank50"): 0.10}  # fmt: skip
+
+
+def run_tradeoffs(json_path: str | None = None, quick: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Validation loss and stored bytes of every `TRADEOFFS` entry on the same validation slice."""
+    from tqdm.auto import tqdm
+
+    from . import data
+    from .compress.recipe import apply_recipe
+    from .train import evaluate
+
+    teacher = load("teacher")
+    val_ids = data.encode_split("val", teacher.tokenizer)[: (VAL_TOKENS_QUICK if quick else VAL_TOKENS) + 1]
+    base = evaluate(teacher, val_ids)["loss"]
+    rows = [{"method": "none", "recipe": "fp32", "finetuned": None, "params": teacher.n_params,
+             "bytes": teacher.nbytes, "val_loss": round(base, 4), "delta": 0.0, "target": None}]  # fmt: skip
+    for method, recipe, finetuned in tqdm(TRADEOFFS, desc="trade-offs", disable=not progress):
+        if finetuned and not (WEIGHTS_DIR / finetuned).is_dir():
+            continue
+        src = load(WEIGHTS_DIR / finetuned) if finetuned else teacher
+        model = GPT(src.config, params=apply_recipe(src.params, recipe), tokenizer=src.tokenizer)
+        loss = evaluate(model, val_ids)["loss"]
+        rows.append({"method": method, "recipe": recipe, "finetuned": finetuned, "params": model.n_params,
+                     "bytes": model.nbytes, "val_loss": round(loss, 4), "delta": round(loss - base, 4),
+                     "target": TARGETS.get((recipe, finetuned))})  # fmt: skip
+    result = {"machine": machine_info(), "val_tokens": int(len(val_ids) - 1), "rows": rows}
+    if json_path:
+        from .io import atomic_write_text
+
+        atomic_write_text(Path(json_path), json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def tradeoffs_markdown(result: dict[str, Any]) -> str:
+    """The trade-off table as Markdown, with each target met or missed (and by how much)."""
+    out = ["| method | recipe | fine-tuned | stored values | stored bytes | val loss | Δ vs teacher | target |",
+           "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for r in result["rows"]:
+        if r["target"] is None:
+            verdict = ""
+        elif r["delta"] <= r["target"]:
+            verdict = f"≤ {r['target']}: met"
+        else:
+            verdict = f"≤ {r['target']}: **missed by {r['delta'] - r['target']:.3f}**"
+        ft = "yes" if r["finetuned"] else "no"
+        out.append(f"| {r['method']} | `{r['recipe']}` | {ft} | {r['params']:,} | {r['bytes']:,} | "
+                   f"{r['val_loss']:.4f} | {r['delta']:+.4f} | {verdict} |")  # fmt: skip
+    out += ["", f"Validation loss in nats per character over the first {result['val_tokens']:,} characters of "
+            f"the held-out plays; measured {result['machine']['date']}."]  # fmt: skip
+    return "\n".join(out)

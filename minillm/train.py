@@ -23,7 +23,9 @@ continues bit-for-bit as if training had never stopped.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -67,12 +69,43 @@ class TrainConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"TrainConfig.{name} must be a positive int, got {v!r}")
-        if not isinstance(self.warmup, int) or not 0 <= self.warmup < self.steps:
-            raise ValueError(f"TrainConfig.warmup must be an int in [0, steps), got {self.warmup!r}")
+        if not isinstance(self.warmup, int) or isinstance(self.warmup, bool) or not 0 <= self.warmup < self.steps:
+            raise ValueError(f"TrainConfig.warmup must be an int in [0, steps={self.steps}), got {self.warmup!r}")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
+            raise ValueError(f"TrainConfig.seed must be an int >= 0, got {self.seed!r}")
+        # The real-valued fields: numbers first, so the comparisons below cannot raise a TypeError.
+        for name, lo, inclusive in (("lr", 0, False), ("min_lr", 0, False), ("weight_decay", 0, True),
+                                    ("beta1", 0, True), ("beta2", 0, True), ("eps", 0, False),
+                                    ("grad_clip", 0, False)):  # fmt: skip
+            v = getattr(self, name)
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isnan(v)
+            ok = ok and (v >= lo if inclusive else v > lo) and (math.isfinite(v) or name == "grad_clip")
+            if not ok:
+                allowed = f"a finite number {'>=' if inclusive else '>'} {lo}"
+                allowed += " (or inf: no clipping)" if name == "grad_clip" else ""
+                raise ValueError(f"TrainConfig.{name} must be {allowed}, got {v!r}")
         if not (0 < self.min_lr <= self.lr):
             raise ValueError(f"TrainConfig needs 0 < min_lr <= lr, got lr={self.lr}, min_lr={self.min_lr}")
         if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
             raise ValueError(f"TrainConfig betas must be in [0, 1), got {self.beta1}, {self.beta2}")
+
+
+def check_tokens(data: Any, vocab_size: int, name: str = "data", min_len: int = 2) -> np.ndarray:
+    """`data` as a 1-D integer array of token ids in [0, vocab_size) holding at least `min_len` of them.
+
+    NumPy would wrap a negative id around to the end of the embedding table: a silent wrong
+    answer, so every id is checked once here (a min and a max over the corpus)."""
+    a = np.asarray(data)
+    if a.dtype == bool or not np.issubdtype(a.dtype, np.integer):
+        raise TypeError(f"{name} must be an integer array of token ids, got dtype {a.dtype}")
+    if a.ndim != 1:
+        raise ValueError(f"{name} must be a 1-D array of token ids, got shape {a.shape}")
+    if len(a) < min_len:
+        raise ValueError(f"{name} must hold at least {min_len} tokens, got {len(a)}")
+    lo, hi = int(a.min()), int(a.max())
+    if lo < 0 or hi >= vocab_size:
+        raise ValueError(f"{name} contains token id {lo if lo < 0 else hi}; allowed ids are 0..{vocab_size - 1}")
+    return a
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -150,6 +183,20 @@ class TrainState:
     ema: float | None = None  # smoothed training loss shown on the progress bar
 
 
+def _tensors_sha256(tensors: dict[str, np.ndarray]) -> str:
+    """SHA-256 of every tensor's name, dtype, shape and little-endian bytes, in name order.
+
+    Stored in the checkpoint's metadata, it turns a flipped bit in the data, which the file's
+    structure cannot reveal, into a clear error on load."""
+    sha = hashlib.sha256()
+    for name in sorted(tensors):
+        a = np.ascontiguousarray(tensors[name])
+        a = a.astype(a.dtype.newbyteorder("<"), copy=False)
+        sha.update(f"{name}\0{a.dtype.str}\0{a.shape}\0".encode())
+        sha.update(a.tobytes())
+    return "sha256:" + sha.hexdigest()
+
+
 def save_checkpoint(path: str | Path, state: TrainState, model_config: GPTConfig,
                     train_config: TrainConfig, extra: dict[str, Any] | None = None) -> None:  # fmt: skip
     """Write the whole training state to one safetensors file, atomically."""
@@ -159,6 +206,7 @@ def save_checkpoint(path: str | Path, state: TrainState, model_config: GPTConfig
     tensors = {f"param/{k}": v for k, v in state.params.items()}
     tensors |= {f"adam_m/{k}": v for k, v in state.opt.m.items()}
     tensors |= {f"adam_v/{k}": v for k, v in state.opt.v.items()}
+    tensors = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
     meta = {
         "step": str(state.step),
         "adam_t": str(state.opt.t),
@@ -168,38 +216,96 @@ def save_checkpoint(path: str | Path, state: TrainState, model_config: GPTConfig
         "history": json.dumps(state.history),
         "ema": json.dumps(state.ema),
         "extra": json.dumps(extra or {}),
+        "tensors_sha256": _tensors_sha256(tensors),
     }
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(tmp), metadata=meta)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)  # atomic on POSIX: readers see the old file or the new one
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        save_file(tensors, str(tmp), metadata=meta)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)  # atomic on POSIX: readers see the old file or the new one
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()  # only left if the write failed
 
 
 def load_checkpoint(path: str | Path) -> tuple[TrainState, GPTConfig, TrainConfig, dict[str, Any]]:
-    """Read a checkpoint written by `save_checkpoint` (no pickle: safetensors + JSON)."""
-    from safetensors import safe_open
+    """Read a checkpoint written by `save_checkpoint` (no pickle: safetensors + JSON).
+
+    Raises
+    ------
+    FileNotFoundError
+        There is no file at `path`.
+    CheckpointError
+        (a ValueError) The file is truncated, corrupt, or inconsistent; the message names the file
+        and, where one is to blame, the tensor or metadata field.
+    """
+    from .io import CheckpointError, read_safetensors
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
+    tensors, _, meta = read_safetensors(path, dtypes={"F32", "F64"})
+    for k, a in tensors.items():
+        if not np.isfinite(a).all():
+            raise CheckpointError(f"{path}: tensor {k!r} holds non-finite values (NaN or inf)")
+    field_ = "?"
     try:
-        with safe_open(str(path), framework="numpy") as f:
-            meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-        model_config = GPTConfig.from_dict(json.loads(meta["model_config"]))
-        train_config = TrainConfig(**json.loads(meta["train_config"]))
+        field_ = "tensors_sha256"
+        if field_ in meta and meta[field_] != _tensors_sha256(tensors):
+            raise CheckpointError(f"{path}: the tensor data differs from the SHA-256 recorded in its metadata "
+                                  "(the file was corrupted or modified)")
+        field_ = "model_config"
+        model_config = GPTConfig.from_dict(json.loads(meta[field_]))
+        field_ = "train_config"
+        tc = json.loads(meta[field_])
+        if not isinstance(tc, dict):
+            raise ValueError(f"must be a JSON object, got {tc!r}")
+        train_config = TrainConfig(**tc)
+        field_ = "rng"
         rng = np.random.default_rng()
-        rng.bit_generator.state = json.loads(meta["rng"])
-        step, adam_t = int(meta["step"]), int(meta["adam_t"])
-        history, extra = json.loads(meta["history"]), json.loads(meta.get("extra", "{}"))
-        ema = json.loads(meta.get("ema", "null"))
-    except (KeyError, json.JSONDecodeError, OSError, ValueError) as e:
-        raise ValueError(f"{path}: not a valid minillm training checkpoint ({e})") from None
+        rng.bit_generator.state = json.loads(meta[field_])
+        field_ = "step"
+        step = int(meta[field_])
+        field_ = "adam_t"
+        adam_t = int(meta[field_])
+        if step < 0 or adam_t < 0:
+            raise ValueError(f"step and adam_t must be >= 0, got {step}, {adam_t}")
+        field_ = "history"
+        history = json.loads(meta[field_])
+        field_ = "extra"
+        extra = json.loads(meta.get(field_, "{}"))
+        field_ = "ema"
+        ema = json.loads(meta.get(field_, "null"))
+        if not isinstance(history, list) or not isinstance(extra, dict) or not (
+                ema is None or isinstance(ema, (int, float))):  # fmt: skip
+            raise ValueError("history must be a list, extra an object and ema a number or null")
+    except CheckpointError:
+        raise
+    except KeyError as e:
+        raise CheckpointError(f"{path}: not a minillm training checkpoint: metadata field {field_!r} "
+                              f"is missing or incomplete (no {e})") from None
+    except (TypeError, ValueError, RecursionError) as e:
+        raise CheckpointError(f"{path}: metadata field {field_!r} is invalid ({e})") from None
     params = {k[6:]: v for k, v in tensors.items() if k.startswith("param/")}
+    moments = {}
+    for prefix in ("adam_m/", "adam_v/"):
+        moments[prefix] = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+    unknown = sorted(k for k in tensors if not k.startswith(("param/", "adam_m/", "adam_v/")))
+    if unknown:
+        raise CheckpointError(f"{path}: unexpected tensor(s) {unknown[:5]}; allowed: param/*, adam_m/*, adam_v/*")
+    for prefix, named in moments.items():
+        for name, w in params.items():
+            if name not in named:
+                raise CheckpointError(f"{path}: tensor {prefix + name!r} is missing (param/{name} has no moment)")
+            if named[name].shape != w.shape or named[name].dtype != w.dtype:
+                raise CheckpointError(f"{path}: tensor {prefix + name!r} is {named[name].dtype} "
+                                      f"{named[name].shape}, but param/{name} is {w.dtype} {w.shape}")
+        extra_m = sorted(set(named) - set(params))
+        if extra_m:
+            raise CheckpointError(f"{path}: tensor(s) {[prefix + k for k in extra_m[:5]]} have no param/ tensor")
     opt = AdamW(params, train_config)
-    opt.m = {k[7:]: v for k, v in tensors.items() if k.startswith("adam_m/")}
-    opt.v = {k[7:]: v for k, v in tensors.items() if k.startswith("adam_v/")}
+    opt.m, opt.v = moments["adam_m/"], moments["adam_v/"]
     opt.t = adam_t
     return TrainState(params, opt, step, rng, history, ema), model_config, train_config, extra
 
@@ -242,6 +348,12 @@ def train(model: GPT, train_data: np.ndarray, val_data: np.ndarray | None, cfg: 
         Stop (after checkpointing) once this many steps are done — to simulate an interruption.
     """
     config = model.config
+    if not isinstance(cfg, TrainConfig):
+        raise TypeError(f"cfg must be a TrainConfig, got {type(cfg).__name__}")
+    # Windows of block_size + 1 tokens (inputs and shifted targets) must fit in the data.
+    train_data = check_tokens(train_data, config.vocab_size, "train_data", config.block_size + 1)
+    if val_data is not None:
+        val_data = check_tokens(val_data, config.vocab_size, "val_data", config.block_size + 1)
     step_fn = step_fn or cross_entropy_step(config)
     if resume:
         if checkpoint is None or not Path(checkpoint).is_file():
@@ -251,6 +363,13 @@ def train(model: GPT, train_data: np.ndarray, val_data: np.ndarray | None, cfg: 
             raise ValueError(f"checkpoint {checkpoint} is for {ck_config}, not {config}")
         if dataclasses.asdict(ck_train) != dataclasses.asdict(cfg):
             raise ValueError(f"checkpoint {checkpoint} was trained with {ck_train}, not {cfg}")
+        # Copy in place only if names and shapes agree exactly (a (1, C) array would broadcast).
+        theirs = {k: v.shape for k, v in state.params.items()}
+        ours = {k: np.shape(v) for k, v in model.params.items()}
+        if theirs != ours:
+            diff = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k))
+            raise ValueError(f"checkpoint {checkpoint}: tensors {diff[:5]} do not match the model's parameters "
+                             "(names and shapes must be equal)")
         for k, v in state.params.items():
             model.params[k][...] = v
         state.params = model.params
@@ -304,11 +423,14 @@ def evaluate(model: GPT, data: np.ndarray, backend: Any = "numpy", batch_size: i
     window (the last window may be shorter). Runs through `backend`, so compressed weight kinds
     are evaluated exactly as they generate. Returns ``{"loss", "ppl", "tokens"}``.
     """
-    data = np.asarray(data)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, (int, np.integer))
+                                   or max_tokens < 1):  # fmt: skip
+        raise ValueError(f"max_tokens must be a positive int or None, got {max_tokens!r}")
+    data = check_tokens(data, model.config.vocab_size)
     if max_tokens is not None:
         data = data[: max_tokens + 1]
-    if len(data) < 2:
-        raise ValueError(f"data must hold at least 2 tokens, got {len(data)}")
     be = backends.get(backend)
     params = be.prepare(model.params)
     T = model.config.block_size

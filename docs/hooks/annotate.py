@@ -29,6 +29,7 @@ import ast
 import importlib.util
 import io
 import re
+import sys
 import tokenize
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -146,6 +147,7 @@ def _sibling(name: str):
     # Hooks are loaded by path, not as a package: import a sibling file the same way.
     spec = importlib.util.spec_from_file_location(f"minillm_docs_{name}", Path(__file__).with_name(f"{name}.py"))
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
 
@@ -268,6 +270,4 @@ def on_serve(server, config, builder):
 
 
 if __name__ == "__main__":  # preview one page: python docs/hooks/annotate.py minillm/nn/gpt.py
-    import sys
-
     print(render_module(ROOT / sys.argv[1]))

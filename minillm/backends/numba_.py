@@ -36,22 +36,13 @@ import math
 import os
 import sys
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from .numpy_ import (
-    KERNEL_FORMS,
-    GroupArrays,
-    Int8Arrays,
-    LowRankArrays,
-    NMArrays,
-    NumpyBackend,
-    Q4Arrays,
-    Q8Arrays,
-    WeightCache,
-    kernel_form,
-)
+from .. import kinds as K
+from .numpy_ import KERNEL_FORMS, LowRankArrays, NumpyBackend, WeightCache, kernel_form
 
 
 def _set_cache_dir() -> None:
@@ -75,189 +66,230 @@ _set_cache_dir()
 import numba  # noqa: E402  (after the cache directory is chosen)
 from numba import njit, prange  # noqa: E402
 
-CHUNK = 64  # output columns per parallel task: one 64-byte cache line of int8 codes per row
+# Numba's default OpenMP pool keeps its threads spinning after a parallel loop; on a machine
+# with few cores they then fight NumPy's BLAS threads, and a 0.5 ms product took 100+ ms here.
+# The workqueue pool does not spin. (Set NUMBA_THREADING_LAYER to choose another.)
+if not os.environ.get("NUMBA_THREADING_LAYER"):
+    numba.config.THREADING_LAYER = "workqueue"
+
 TILE = 512  # output columns dequantized at once on the prefill (BLAS) path
 JIT = dict(parallel=True, fastmath=True, cache=True)
-F32 = np.float32
+
+
+# ------------------------------------------------------------------------------------------
+# Output-major kernel forms: the codes of output column o are one contiguous row, so the dot
+# product that produces y_o streams through memory in order (llama.cpp stores weights so too).
+@dataclass(frozen=True, eq=False)
+class RowsInt8:
+    """Int8PerChannel transposed: q (out, in) int8, scale (out,) float32."""
+
+    q: np.ndarray
+    scale: np.ndarray
+
+
+@dataclass(frozen=True, eq=False)
+class RowsGroup:
+    """IntPerGroup transposed: q (out, in) int8, scale (out, groups) float32, zero (out, groups) int8."""
+
+    q: np.ndarray
+    scale: np.ndarray
+    zero: np.ndarray
+
+
+@dataclass(frozen=True, eq=False)
+class RowsQ8_0:
+    """Q8_0 transposed: qs (out, in) int8, d (out, in/32) float32."""
+
+    qs: np.ndarray
+    d: np.ndarray
+
+
+@dataclass(frozen=True, eq=False)
+class RowsQ4_0:
+    """Q4_0 transposed: packed (out, in/2) uint8 (same nibble order per block), d (out, in/32) float32."""
+
+    packed: np.ndarray
+    d: np.ndarray
+
+
+@dataclass(frozen=True, eq=False)
+class RowsNM:
+    """NMSparse transposed: values (out, kept) float32, indices (out, kept) uint8."""
+
+    values: np.ndarray
+    indices: np.ndarray
+    n: int
+    m: int
+
+
+ROW_FORMS = (RowsInt8, RowsGroup, RowsQ8_0, RowsQ4_0, RowsNM)
+
+
+def rows_form(w: Any) -> Any:
+    """A weight in the form this backend's kernels take (a one-time copy, cached per weight).
+
+    Quantized and N:M kinds become output-major (`ROW_FORMS`, codes still int8 / packed
+    nibbles, scales widened to float32 because Numba has no float16); dense, low-rank and
+    masked weights take their `kernel_form` (the BLAS path)."""
+    if isinstance(w, K.Int8PerChannel):
+        return RowsInt8(_t(w.q), _f32(w.scale))
+    if isinstance(w, K.IntPerGroup):
+        zero = np.zeros(w.scale.shape, np.int8) if w.zero_point is None else w.zero_point
+        return RowsGroup(_t(w.q), _t(w.scale.astype(np.float32)), _t(zero))
+    if isinstance(w, K.Q8_0):
+        return RowsQ8_0(_t(w.qs), _t(w.d.astype(np.float32)))
+    if isinstance(w, K.Q4_0):
+        return RowsQ4_0(_t(w.packed), _t(w.d.astype(np.float32)))
+    if isinstance(w, K.NMSparse):
+        return RowsNM(_t(w.values.astype(np.float32)), _t(w.indices), int(w.n), int(w.m))
+    return kernel_form(w, np.ascontiguousarray, np.float32)
+
+
+def _rows_shape(w: Any) -> tuple[int, int]:
+    """(out, in) of an output-major form."""
+    if isinstance(w, RowsQ4_0):
+        return w.packed.shape[0], 2 * w.packed.shape[1]
+    if isinstance(w, RowsNM):
+        return w.values.shape[0], w.values.shape[1] * w.m // w.n
+    first = w.q if isinstance(w, (RowsInt8, RowsGroup)) else w.qs
+    return first.shape
+
+
+def _t(a: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(a.T)
+
+
+def _f32(a: Any) -> np.ndarray:
+    return np.ascontiguousarray(a, dtype=np.float32)
 
 
 # ------------------------------------------------------------------------------------------
 # Fused dequantize-and-multiply: y = x W + b for x (N, in), W stored as codes, never as float32.
+# One parallel task per output column o; the inner loops are dot products over contiguous rows.
 @njit(**JIT)
 def matmul_int8(x, q, scale, bias, y):  # pragma: no cover - compiled
-    """Int8PerChannel: $y_o = s_o \\sum_i x_i q_{io} + b_o$."""
+    """Int8PerChannel: $y_o = s_o \\sum_i x_i q_{oi} + b_o$."""
     N, n_in = x.shape
-    n_out = q.shape[1]
-    for c in prange((n_out + CHUNK - 1) // CHUNK):
-        o0 = c * CHUNK
-        w = min(CHUNK, n_out - o0)
-        acc = np.zeros((N, w), np.float32)
-        for i in range(n_in):
-            for r in range(N):
-                xi = x[r, i]
-                for j in range(w):
-                    acc[r, j] += xi * np.float32(q[i, o0 + j])
+    for o in prange(q.shape[0]):
         for r in range(N):
-            for j in range(w):
-                y[r, o0 + j] = acc[r, j] * scale[o0 + j] + bias[o0 + j]
+            acc = np.float32(0.0)
+            for i in range(n_in):
+                acc += x[r, i] * np.float32(q[o, i])
+            y[r, o] = acc * scale[o] + bias[o]
 
 
 @njit(**JIT)
 def matmul_group(x, xsum, q, scale, zero, bias, y):  # pragma: no cover - compiled
-    """IntPerGroup: $y_o = \\sum_g s_{go}(\\sum_{i\\in g} x_i q_{io} - z_{go} \\sum_{i \\in g} x_i) + b_o$."""
+    """IntPerGroup: $y_o = \\sum_g s_{og}(\\sum_{i\\in g} x_i q_{oi} - z_{og} \\sum_{i \\in g} x_i) + b_o$."""
     N, n_in = x.shape
-    n_groups, n_out = scale.shape
+    n_groups = scale.shape[1]
     g = n_in // n_groups
-    for c in prange((n_out + CHUNK - 1) // CHUNK):
-        o0 = c * CHUNK
-        w = min(CHUNK, n_out - o0)
-        acc = np.zeros((N, w), np.float32)
-        part = np.empty((N, w), np.float32)
-        for gi in range(n_groups):
-            part[:] = 0.0
-            for i in range(gi * g, gi * g + g):
-                for r in range(N):
-                    xi = x[r, i]
-                    for j in range(w):
-                        part[r, j] += xi * np.float32(q[i, o0 + j])
-            for r in range(N):
-                for j in range(w):
-                    z = np.float32(zero[gi, o0 + j]) * xsum[r, gi]
-                    acc[r, j] += scale[gi, o0 + j] * (part[r, j] - z)
+    for o in prange(q.shape[0]):
         for r in range(N):
-            for j in range(w):
-                y[r, o0 + j] = acc[r, j] + bias[o0 + j]
+            acc = np.float32(0.0)
+            for gi in range(n_groups):
+                part = np.float32(0.0)
+                for i in range(gi * g, gi * g + g):
+                    part += x[r, i] * np.float32(q[o, i])
+                acc += scale[o, gi] * (part - np.float32(zero[o, gi]) * xsum[r, gi])
+            y[r, o] = acc + bias[o]
 
 
 @njit(**JIT)
 def matmul_q8_0(x, qs, d, bias, y):  # pragma: no cover - compiled
-    """Q8_0: $y_o = \\sum_{\\text{block } k} d_{ko} \\sum_{i \\in k} x_i q_{io} + b_o$."""
-    N, n_in = x.shape
-    n_blocks, n_out = d.shape
-    for c in prange((n_out + CHUNK - 1) // CHUNK):
-        o0 = c * CHUNK
-        w = min(CHUNK, n_out - o0)
-        acc = np.zeros((N, w), np.float32)
-        part = np.empty((N, w), np.float32)
-        for kb in range(n_blocks):
-            part[:] = 0.0
-            for i in range(kb * 32, kb * 32 + 32):
-                for r in range(N):
-                    xi = x[r, i]
-                    for j in range(w):
-                        part[r, j] += xi * np.float32(qs[i, o0 + j])
-            for r in range(N):
-                for j in range(w):
-                    acc[r, j] += d[kb, o0 + j] * part[r, j]
+    """Q8_0: $y_o = \\sum_{\\text{block } k} d_{ok} \\sum_{i \\in k} x_i q_{oi} + b_o$."""
+    N = x.shape[0]
+    n_blocks = d.shape[1]
+    for o in prange(qs.shape[0]):
         for r in range(N):
-            for j in range(w):
-                y[r, o0 + j] = acc[r, j] + bias[o0 + j]
+            acc = np.float32(0.0)
+            for kb in range(n_blocks):
+                part = np.float32(0.0)
+                for i in range(kb * 32, kb * 32 + 32):
+                    part += x[r, i] * np.float32(qs[o, i])
+                acc += d[o, kb] * part
+            y[r, o] = acc + bias[o]
 
 
 @njit(**JIT)
 def matmul_q4_0(x, xsum, packed, d, bias, y):  # pragma: no cover - compiled
-    """Q4_0: $y_o = \\sum_k d_{ko}(\\sum_{i\\in k} x_i q_{io} - 8\\sum_{i\\in k} x_i) + b_o$, q from nibbles.
+    """Q4_0: $y_o = \\sum_k d_{ok}(\\sum_{i\\in k} x_i q_{oi} - 8\\sum_{i\\in k} x_i) + b_o$, q from nibbles.
 
-    Byte $j$ of block $k$ (row $16k + j$ of `packed`) holds input $32k + j$ in its low nibble
-    and input $32k + j + 16$ in its high nibble."""
-    N, n_in = x.shape
-    n_blocks, n_out = d.shape
+    Byte $j$ of block $k$ holds input $32k + j$ in its low nibble and $32k + j + 16$ in its high."""
+    N = x.shape[0]
+    n_blocks = d.shape[1]
     eight = np.float32(8.0)
-    for c in prange((n_out + CHUNK - 1) // CHUNK):
-        o0 = c * CHUNK
-        w = min(CHUNK, n_out - o0)
-        acc = np.zeros((N, w), np.float32)
-        part = np.empty((N, w), np.float32)
-        for kb in range(n_blocks):
-            part[:] = 0.0
-            for jb in range(16):
-                row = kb * 16 + jb
-                i = kb * 32 + jb
-                for r in range(N):
-                    x_lo = x[r, i]
-                    x_hi = x[r, i + 16]
-                    for j in range(w):
-                        p = packed[row, o0 + j]
-                        part[r, j] += x_lo * np.float32(p & 15) + x_hi * np.float32(p >> 4)
-            for r in range(N):
-                for j in range(w):
-                    acc[r, j] += d[kb, o0 + j] * (part[r, j] - eight * xsum[r, kb])
+    for o in prange(packed.shape[0]):
         for r in range(N):
-            for j in range(w):
-                y[r, o0 + j] = acc[r, j] + bias[o0 + j]
+            acc = np.float32(0.0)
+            for kb in range(n_blocks):
+                part = np.float32(0.0)
+                for jb in range(16):
+                    p = packed[o, kb * 16 + jb]
+                    i = kb * 32 + jb
+                    part += x[r, i] * np.float32(p & 15) + x[r, i + 16] * np.float32(p >> 4)
+                acc += d[o, kb] * (part - eight * xsum[r, kb])
+            y[r, o] = acc + bias[o]
 
 
 @njit(**JIT)
 def matmul_nm(x, values, indices, n, m, bias, y):  # pragma: no cover - compiled
-    """N:M sparse: $y_o = \\sum_k x_{m\\lfloor k/n \\rfloor + \\mathrm{idx}_{ko}}\\, v_{ko} + b_o$ — only kept values are read."""
+    """N:M sparse: $y_o = \\sum_k x_{m\\lfloor k/n \\rfloor + \\mathrm{idx}_{ok}}\\, v_{ok} + b_o$.
+
+    Only the kept values are read: half the bytes and half the multiply-adds for 2:4."""
     N = x.shape[0]
-    n_kept, n_out = values.shape
-    for c in prange((n_out + CHUNK - 1) // CHUNK):
-        o0 = c * CHUNK
-        w = min(CHUNK, n_out - o0)
-        acc = np.zeros((N, w), np.float32)
-        for k in range(n_kept):
-            base = (k // n) * m
-            for r in range(N):
-                for j in range(w):
-                    acc[r, j] += x[r, base + indices[k, o0 + j]] * values[k, o0 + j]
+    n_kept = values.shape[1]
+    for o in prange(values.shape[0]):
         for r in range(N):
-            for j in range(w):
-                y[r, o0 + j] = acc[r, j] + bias[o0 + j]
+            acc = np.float32(0.0)
+            for k in range(n_kept):
+                acc += x[r, (k // n) * m + indices[o, k]] * values[o, k]
+            y[r, o] = acc + bias[o]
 
 
 # ------------------------------------------------------------------------------------------
-# Dequantize a tile of columns o0.. into `out` (in, w): the prefill path, followed by BLAS.
+# Dequantize output rows o0.. into `out` (w, in): the prefill path, followed by BLAS.
 @njit(**JIT)
 def dequant_int8(q, scale, o0, out):  # pragma: no cover - compiled
-    n_in, w = out.shape
-    for i in prange(n_in):
-        for j in range(w):
-            out[i, j] = np.float32(q[i, o0 + j]) * scale[o0 + j]
+    for j in prange(out.shape[0]):
+        for i in range(out.shape[1]):
+            out[j, i] = np.float32(q[o0 + j, i]) * scale[o0 + j]
 
 
 @njit(**JIT)
 def dequant_group(q, scale, zero, o0, out):  # pragma: no cover - compiled
-    n_in, w = out.shape
-    g = n_in // scale.shape[0]
-    for i in prange(n_in):
-        gi = i // g
-        for j in range(w):
-            out[i, j] = scale[gi, o0 + j] * (np.float32(q[i, o0 + j]) - np.float32(zero[gi, o0 + j]))
+    g = out.shape[1] // scale.shape[1]
+    for j in prange(out.shape[0]):
+        for i in range(out.shape[1]):
+            gi = i // g
+            out[j, i] = scale[o0 + j, gi] * (np.float32(q[o0 + j, i]) - np.float32(zero[o0 + j, gi]))
 
 
 @njit(**JIT)
 def dequant_q8_0(qs, d, o0, out):  # pragma: no cover - compiled
-    n_in, w = out.shape
-    for i in prange(n_in):
-        for j in range(w):
-            out[i, j] = d[i // 32, o0 + j] * np.float32(qs[i, o0 + j])
+    for j in prange(out.shape[0]):
+        for i in range(out.shape[1]):
+            out[j, i] = d[o0 + j, i // 32] * np.float32(qs[o0 + j, i])
 
 
 @njit(**JIT)
 def dequant_q4_0(packed, d, o0, out):  # pragma: no cover - compiled
-    w = out.shape[1]
     eight = np.float32(8.0)
-    for row in prange(packed.shape[0]):
-        kb, jb = row // 16, row % 16
-        i = kb * 32 + jb
-        for j in range(w):
-            p = packed[row, o0 + j]
-            out[i, j] = d[kb, o0 + j] * (np.float32(p & 15) - eight)
-            out[i + 16, j] = d[kb, o0 + j] * (np.float32(p >> 4) - eight)
+    for j in prange(out.shape[0]):
+        for b in range(packed.shape[1]):
+            kb, jb = b // 16, b % 16
+            p = packed[o0 + j, b]
+            out[j, kb * 32 + jb] = d[o0 + j, kb] * (np.float32(p & 15) - eight)
+            out[j, kb * 32 + jb + 16] = d[o0 + j, kb] * (np.float32(p >> 4) - eight)
 
 
 @njit(**JIT)
 def dequant_nm(values, indices, n, m, o0, out):  # pragma: no cover - compiled
-    w = out.shape[1]
-    n_groups = values.shape[0] // n
-    for gi in prange(n_groups):
-        for i in range(gi * m, gi * m + m):
-            for j in range(w):
-                out[i, j] = 0.0
-        for k in range(gi * n, gi * n + n):
-            for j in range(w):
-                out[gi * m + indices[k, o0 + j], j] = values[k, o0 + j]
+    for j in prange(out.shape[0]):
+        for i in range(out.shape[1]):
+            out[j, i] = 0.0
+        for k in range(values.shape[1]):
+            out[j, (k // n) * m + indices[o0 + j, k]] = values[o0 + j, k]
 
 
 # ------------------------------------------------------------------------------------------
@@ -347,10 +379,6 @@ def attention_cache(q, k, v, y):  # pragma: no cover - compiled
 
 
 # ------------------------------------------------------------------------------------------
-def _f32(a: Any) -> np.ndarray:
-    return np.ascontiguousarray(a, dtype=np.float32)
-
-
 class NumbaBackend(NumpyBackend):
     """Numba-compiled CPU kernels: fused dequantize-and-multiply for every quantized kind.
 
@@ -359,22 +387,23 @@ class NumbaBackend(NumpyBackend):
     """
 
     name = "numba"
-    prefill_rows = 16
+    prefill_rows = 8
 
     def __init__(self) -> None:
         self._cache = WeightCache()
         self.compile_s: float | None = None
 
     def prepare(self, params: dict[str, Any]) -> dict[str, Any]:
-        """Params with every weight kind in kernel form (float32 scales: Numba has no float16).
+        """Params with every weight kind in this backend's kernel form (see `rows_form`).
 
-        The conversion shares the codes with the kind (no copy) and is done once per weight."""
+        Converted once per weight object and cached; dense arrays pass through untouched."""
         return {name: self.kernel_weight(w) for name, w in params.items()}
 
     def kernel_weight(self, w: Any) -> Any:
-        if isinstance(w, np.ndarray) or isinstance(w, KERNEL_FORMS):
+        """`w` in kernel form: cached, so the second call for the same weight is free."""
+        if isinstance(w, np.ndarray) or isinstance(w, ROW_FORMS + KERNEL_FORMS):
             return w
-        return self._cache.get(w, lambda w: kernel_form(w, np.ascontiguousarray, np.float32, np.float32))
+        return self._cache.get(w, rows_form)
 
     def clear_cache(self) -> None:
         """Forget converted weights (needed only after changing a weight array in place)."""
@@ -391,23 +420,25 @@ class NumbaBackend(NumpyBackend):
             if b is not None:
                 y += b
             return y
+        if not isinstance(w, ROW_FORMS):
+            raise TypeError(f"weight must be a numpy array or one of minillm.kinds, got {type(w).__name__}")
         x = _f32(x)
-        N = x.shape[0]
-        n_in, n_out = w.shape
+        n_out, n_in = _rows_shape(w)
         if x.ndim != 2 or x.shape[1] != n_in:
             raise ValueError(f"x must have shape (N, {n_in}) to multiply this weight, got {x.shape}")
+        N = x.shape[0]
         bias = np.zeros(n_out, np.float32) if b is None else _f32(b)
         if N >= self.prefill_rows:
             return self._tiled_blas(x, w, bias)
         y = np.empty((N, n_out), np.float32)
-        if isinstance(w, Int8Arrays):
+        if isinstance(w, RowsInt8):
             matmul_int8(x, w.q, w.scale, bias, y)
-        elif isinstance(w, GroupArrays):
-            xsum = x.reshape(N, w.scale.shape[0], -1).sum(-1)  # (N, groups): sum of x per group
+        elif isinstance(w, RowsGroup):
+            xsum = x.reshape(N, w.scale.shape[1], -1).sum(-1)  # (N, groups): sum of x per group
             matmul_group(x, xsum, w.q, w.scale, w.zero, bias, y)
-        elif isinstance(w, Q8Arrays):
+        elif isinstance(w, RowsQ8_0):
             matmul_q8_0(x, w.qs, w.d, bias, y)
-        elif isinstance(w, Q4Arrays):
+        elif isinstance(w, RowsQ4_0):
             xsum = x.reshape(N, -1, 32).sum(-1)  # (N, blocks)
             matmul_q4_0(x, xsum, w.packed, w.d, bias, y)
         else:
@@ -415,23 +446,23 @@ class NumbaBackend(NumpyBackend):
         return y
 
     def _tiled_blas(self, x: np.ndarray, w: Any, bias: np.ndarray) -> np.ndarray:
-        """Prefill: dequantize TILE columns at a time into one buffer and multiply with BLAS."""
-        n_in, n_out = w.shape
+        """Prefill: dequantize TILE output rows at a time into one buffer, multiply with BLAS."""
+        n_out, n_in = _rows_shape(w)
         y = np.empty((x.shape[0], n_out), np.float32)
-        buf = np.empty((n_in, min(TILE, n_out)), np.float32)
+        buf = np.empty((min(TILE, n_out), n_in), np.float32)
         for o0 in range(0, n_out, TILE):
-            tile = buf[:, : min(TILE, n_out - o0)]
-            if isinstance(w, Int8Arrays):
+            tile = buf[: min(TILE, n_out - o0)]  # (w, in)
+            if isinstance(w, RowsInt8):
                 dequant_int8(w.q, w.scale, o0, tile)
-            elif isinstance(w, GroupArrays):
+            elif isinstance(w, RowsGroup):
                 dequant_group(w.q, w.scale, w.zero, o0, tile)
-            elif isinstance(w, Q8Arrays):
+            elif isinstance(w, RowsQ8_0):
                 dequant_q8_0(w.qs, w.d, o0, tile)
-            elif isinstance(w, Q4Arrays):
+            elif isinstance(w, RowsQ4_0):
                 dequant_q4_0(w.packed, w.d, o0, tile)
             else:
                 dequant_nm(w.values, w.indices, w.n, w.m, o0, tile)
-            np.matmul(x, tile, out=y[:, o0 : o0 + tile.shape[1]])
+            np.matmul(x, tile.T, out=y[:, o0 : o0 + tile.shape[0]])
         y += bias
         return y
 

@@ -234,6 +234,8 @@ def quantize(
     axis, group_size = _check_layout(x, axis, group_size)
     if x.size == 0:
         raise ValueError(f"x must not be empty, got shape {x.shape}")
+    if not isinstance(symmetric, (bool, np.bool_)):  # bool("no") would be True
+        raise TypeError(f"symmetric must be a bool (True or False), got {symmetric!r}")
     scale, zero_point = qparams(
         _reduce(x, np.min, axis, group_size),
         _reduce(x, np.max, axis, group_size),
@@ -388,13 +390,14 @@ def _inverse(d: np.ndarray) -> np.ndarray:
     return np.where((d != 0) & np.isfinite(inv), inv, np.float32(0)).astype(np.float32)
 
 
-def _to_fp16(d: np.ndarray, what: str) -> np.ndarray:
+def _to_fp16(d: np.ndarray, what: str, q_max: int) -> np.ndarray:
     with np.errstate(over="ignore"):  # an overflow becomes inf, reported just below
         d16 = d.astype(np.float16)  # round to nearest even, as GGML_FP32_TO_FP16
     if not np.all(np.isfinite(d16)):
+        amax = float(np.max(np.abs(d))) * q_max
         raise ValueError(
-            f"{what}: a block scale overflows float16 (|d| > 65504); values up to about "
-            f"{65504 * 127:.3g} (Q8_0) / {65504 * 8:.3g} (Q4_0) fit"
+            f"{what}: x holds |x| = {amax:.4g}, whose block scale overflows float16 (|d| > 65504); "
+            f"allowed: |x| up to about {65504 * q_max:.3g}"
         )
     return d16
 
@@ -415,7 +418,7 @@ def q8_0(x: Any) -> tuple[np.ndarray, np.ndarray]:
     amax = np.max(np.abs(blocks), axis=1)  # (nb, *rest)
     d = (amax / np.float32(127)).astype(np.float32)
     qs = round_half_away(blocks * _inverse(d)[:, None])  # |q| <= 127 by construction
-    return qs.astype(np.int8).reshape(np.shape(x)), _to_fp16(d, "q8_0")
+    return qs.astype(np.int8).reshape(np.shape(x)), _to_fp16(d, "q8_0", 127)
 
 
 def q4_0(x: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -438,7 +441,7 @@ def q4_0(x: Any) -> tuple[np.ndarray, np.ndarray]:
     # offset), so the asymmetric range -8..7 is used in full on that side.
     v = blocks * _inverse(d)[:, None] + np.float32(8.5)  # float32, in [0.5, 16.5] up to rounding
     qs = np.minimum(15, np.trunc(v)).astype(np.uint8)
-    return qs.reshape(np.shape(x)), _to_fp16(d, "q4_0")
+    return qs.reshape(np.shape(x)), _to_fp16(d, "q4_0", 8)
 
 
 def _check_codes(qs: Any, d: Any, dtype: type) -> tuple[np.ndarray, np.ndarray]:

@@ -44,6 +44,8 @@ def parse_recipe(recipe: str) -> list[tuple[str, float | None]]:
                 raise ValueError(f"recipe step {part!r} needs a number, e.g. '{name}:0.5'") from None
             if not 0 <= value <= 1:
                 raise ValueError(f"recipe step {part!r}: the fraction must be in [0, 1], got {value}")
+            if name == "lowrank" and value == 0:  # rank 0 would delete the weight
+                raise ValueError(f"recipe step {part!r}: the fraction of parameters must be in (0, 1], got {value}")
             steps.append((name, value))
         elif part == "2:4" or re.fullmatch(r"\d+:\d+", part):
             n, m = (int(v) for v in part.split(":"))

@@ -99,7 +99,10 @@ def quantize_multiplier(real):
     >>> quantize_multiplier(0.001)
     (1099511628, -9)
     """
-    r = np.asarray(real, dtype=np.float64)
+    try:
+        r = np.asarray(real, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"real must be a finite number >= 0 (or an array of them), got {real!r}") from None
     if not np.all(np.isfinite(r)) or np.any(r < 0):
         raise ValueError(f"real must be finite and >= 0, got {real!r}")
     q, shift = np.frexp(r)  # r = q * 2**shift, q in [0.5, 1) (q = 0 for r = 0)

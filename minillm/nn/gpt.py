@@ -76,7 +76,11 @@ def check_idx(idx: Any, config: GPTConfig, name: str = "idx", max_len: int | Non
     """Validate token ids: a 2-D integer array with every id in [0, V) and length within context.
 
     Negative ids are rejected (NumPy indexing would silently wrap them around)."""
-    a = np.asarray(idx)
+    try:
+        a = np.asarray(idx)
+    except (ValueError, TypeError):  # ragged nested lists
+        text = repr(idx) if len(repr(idx)) <= 60 else repr(idx)[:57] + "..."
+        raise ValueError(f"{name} must be a rectangular (B, T) array of token ids, got the ragged {text}") from None
     if a.dtype == bool or not np.issubdtype(a.dtype, np.integer):
         if a.size and np.issubdtype(a.dtype, np.floating) and np.all(np.mod(a, 1) == 0):
             raise TypeError(f"{name} must be an integer array, got dtype {a.dtype} (use .astype(int))")
@@ -258,6 +262,9 @@ class GPT:
                  tokenizer: Any = None) -> None:  # fmt: skip
         if not isinstance(config, GPTConfig):
             raise TypeError(f"config must be a GPTConfig, got {type(config).__name__}")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0):
+            raise ValueError(f"seed must be an int >= 0 (or None), got {seed!r}")
+        check_tokenizer(tokenizer, config)
         self.config = config
         self.params = init_params(config, seed) if params is None else params
         if params is not None:
@@ -313,6 +320,27 @@ def check_params(params: dict[str, Any], config: GPTConfig) -> None:
     if missing or extra:
         raise ValueError(f"params do not match the config: missing {missing[:5]}, unexpected {extra[:5]}")
     for name, shape in expected.items():
-        got = tuple(params[name].shape)
+        w = params[name]
+        if not hasattr(w, "shape"):
+            raise TypeError(f"parameter {name} is a {type(w).__name__}; allowed: a numpy array or a weight kind")
+        got = tuple(w.shape)
         if got != shape:
             raise ValueError(f"parameter {name} has shape {got}, config implies {shape}")
+        # A single NaN/inf weight would turn every logit into NaN: refuse it here, by name.
+        if isinstance(w, np.ndarray) and w.dtype.kind == "f" and not np.isfinite(w).all():
+            bad = w[~np.isfinite(w)].ravel()[0]
+            raise ValueError(f"parameter {name} holds a non-finite value {bad}; allowed: finite values")
+
+
+def check_tokenizer(tokenizer: Any, config: GPTConfig) -> None:
+    """Raise unless `tokenizer` is None or has encode/decode and no more ids than the model has rows."""
+    if tokenizer is None:
+        return
+    if not (callable(getattr(tokenizer, "encode", None)) and callable(getattr(tokenizer, "decode", None))):
+        raise TypeError(f"tokenizer must have encode() and decode() (or be None), got {type(tokenizer).__name__}")
+    n = getattr(tokenizer, "vocab_size", None)
+    if isinstance(n, int) and n > config.vocab_size:
+        raise ValueError(
+            f"tokenizer has vocab_size={n} ids, more than the model's vocab_size={config.vocab_size}; "
+            f"allowed: a tokenizer with at most {config.vocab_size} ids"
+        )

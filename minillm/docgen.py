@@ -1,0 +1,135 @@
+"""Generated documentation: numbers in the docs come from shipped artifacts, never typed by hand.
+
+`python -m minillm.docgen` rewrites the marked sections
+
+- ``training-logs`` in `docs/training.md`, from `minillm/weights/*/train_log.json`;
+- ``tour-results`` in `docs/results.md` and ``tour-headline`` in `README.md`, from the tour
+  results committed at `docs/results/tour.json` (made by ``minillm tour --json
+  docs/results/tour.json --out docs/results``);
+- ``tradeoffs`` in `docs/results.md`, from `docs/results/tradeoffs.json` (made by
+  ``minillm tour --tradeoffs docs/results/tradeoffs.json``).
+
+`tests/test_docgen.py` fails if a marked section differs from what this module renders, so a
+stale or hand-edited number cannot slip in.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+from .io import WEIGHTS_DIR
+
+ROOT = Path(__file__).resolve().parent.parent
+TOUR_JSON = ROOT / "docs" / "results" / "tour.json"
+TRADEOFFS_JSON = ROOT / "docs" / "results" / "tradeoffs.json"
+MODELS = ["teacher", "student-scratch", "student-distilled", "teacher-prune50", "teacher-2of4", "teacher-lowrank50"]
+
+
+def _marked(text: str, name: str) -> re.Match | None:
+    return re.search(rf"(<!-- generated:{name}:start -->\n)(.*?)(<!-- generated:{name}:end -->)", text, re.S)
+
+
+def replace_section(text: str, name: str, body: str) -> str:
+    """Replace the body between ``<!-- generated:NAME:start -->`` and ``...:end -->``."""
+    m = _marked(text, name)
+    if m is None:
+        raise ValueError(f"no generated:{name} markers found")
+    return text[: m.start(2)] + body.rstrip("\n") + "\n" + text[m.end(2) :]
+
+
+def section(text: str, name: str) -> str:
+    """The current body of a marked section."""
+    m = _marked(text, name)
+    if m is None:
+        raise ValueError(f"no generated:{name} markers found")
+    return m.group(2)
+
+
+def load_logs() -> dict[str, dict[str, Any]]:
+    """The shipped models' training logs that exist, by model name."""
+    logs = {}
+    for name in MODELS:
+        path = WEIGHTS_DIR / name / "train_log.json"
+        if path.is_file():
+            logs[name] = json.loads(path.read_text())
+    return logs
+
+
+def render_training_logs(logs: dict[str, dict[str, Any]] | None = None) -> str:
+    """Markdown for every shipped model's command, final validation loss and learning curve."""
+    logs = load_logs() if logs is None else logs
+    if not logs:
+        return "(generated when the shipped models exist)\n"
+    out = ["Wall time is that of the last run; a resumed run counts only the part after the restart.", "",
+           "| model | command | steps | val loss (whole split) | wall time |", "|---|---|---|---|---|"]
+    for name, log in logs.items():
+        val = log.get("val", {}).get("loss")
+        steps = log.get("train_config", {}).get("steps", log.get("steps", ""))
+        wall = log.get("wall_s_this_session", log.get("wall_s"))
+        val_s = "" if val is None else f"{val:.4f}"
+        wall_s = "" if wall is None else f"{wall / 60:.1f} min"
+        out.append(f"| `{name}` | `{log.get('command', '')}` | {steps} | {val_s} | {wall_s} |")
+    for name, log in logs.items():
+        hist = log.get("history") or []
+        if not hist:
+            continue
+        out += ["", f"**{name}** — validation estimate during training (16 batches of 32 × 128 characters):", "",
+                "| step | train loss (smoothed) | val loss | tokens/s |", "|---|---|---|---|"]  # fmt: skip
+        out += [f"| {h['step']} | {h['train_loss']:.4f} | {h['val_loss']:.4f} | {h.get('tok_s', '')} |" for h in hist]
+    return "\n".join(out) + "\n"
+
+
+def render_results(result: dict[str, Any]) -> str:
+    """The results page body from a tour run."""
+    from .tour import markdown_table
+
+    m = result["machine"]
+    out = [markdown_table(result), "",
+           f"Tour wall time {result['wall_s'] / 60:.1f} min; NumPy {m['numpy']}, Python {m['python']}.", "",
+           "![Size vs quality](results/pareto.png)", "",
+           "![Decode speed](results/decode_speed.png)", "",
+           "![Roofline](results/roofline.png)", "",
+           "How each variant was made:", ""]  # fmt: skip
+    seen = set()
+    for r in result["rows"]:
+        if r["variant"] not in seen:
+            seen.add(r["variant"])
+            out.append(f"- `{r['variant']}`: {r['note']}; weights stored as {r['weights']}")
+    return "\n".join(out) + "\n"
+
+
+def render_headline(result: dict[str, Any]) -> str:
+    from .tour import markdown_table
+
+    return markdown_table(result) + "\n"
+
+
+def update(check: bool = False) -> list[str]:
+    """Rewrite (or, with `check`, only compare) every generated section; returns the stale ones."""
+    stale = []
+    targets: list[tuple[Path, str, str]] = [(ROOT / "docs" / "training.md", "training-logs", render_training_logs())]
+    if TOUR_JSON.is_file():
+        result = json.loads(TOUR_JSON.read_text())
+        targets += [(ROOT / "docs" / "results.md", "tour-results", render_results(result)),
+                    (ROOT / "README.md", "tour-headline", render_headline(result))]  # fmt: skip
+    if TRADEOFFS_JSON.is_file():
+        from .tour import tradeoffs_markdown
+
+        body = tradeoffs_markdown(json.loads(TRADEOFFS_JSON.read_text())) + "\n"
+        targets.append((ROOT / "docs" / "results.md", "tradeoffs", body))
+    for path, name, body in targets:
+        text = path.read_text()
+        if section(text, name) != body.rstrip("\n") + "\n":
+            stale.append(f"{path.relative_to(ROOT)}:{name}")
+            if not check:
+                path.write_text(replace_section(text, name, body))
+    return stale
+
+
+if __name__ == "__main__":
+    changed = update(check="--check" in sys.argv)
+    print("\n".join(changed) if changed else "generated docs are up to date")
