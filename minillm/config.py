@@ -116,10 +116,11 @@ class GPTConfig:
         unknown = set(d) - fields
         if unknown:
             raise ValueError(f"config has unknown fields {sorted(unknown)}; allowed: {sorted(fields)}")
-        try:
-            return cls(**d)
-        except TypeError as e:  # a required field is missing
-            raise ValueError(f"config is incomplete: {e}") from None
+        required = [f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING]
+        missing = [name for name in required if name not in d]
+        if missing:
+            raise ValueError(f"config is missing fields {missing}; required: {required}")
+        return cls(**d)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)

@@ -146,8 +146,9 @@ def generate(model: GPT, idx: Any, max_new_tokens: int, temperature: float = 1.0
     backend : str
         Backend name (see `minillm.backends.available()`).
     """
+    tokens = stream(model, idx, max_new_tokens, temperature, top_k, top_p, seed, backend)  # checks all
     idx = check_idx(idx, model.config)
-    new = list(stream(model, idx, max_new_tokens, temperature, top_k, top_p, seed, backend))
+    new = list(tokens)
     if not new:
         return idx.copy()
     return np.concatenate([idx, np.stack(new, axis=1)], axis=1)

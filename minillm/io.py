@@ -37,6 +37,7 @@ layout of $y = xW + b$, so no transposes are needed.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import math
@@ -51,6 +52,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .config import GPTConfig
+from .kinds import is_kind
 from .tokenizer import CharTokenizer, GPT2Tokenizer, tokenizer_from_json, tokenizer_to_json
 
 if TYPE_CHECKING:  # the model imports nothing from here; importing it at run time is lazy
@@ -370,8 +372,9 @@ def read_safetensors(
 
 # ------------------------------------------------------------------------------------------
 # Checks shared by save and load.
-def _model_params(model: Any, what: str) -> tuple[GPTConfig, dict[str, np.ndarray]]:
-    """Dense float32 copies of `model`'s parameters, in `param_shapes` order, all checked."""
+def _model_params(model: Any, what: str, allow_kinds: bool = False) -> tuple[GPTConfig, dict[str, Any]]:
+    """Dense float32 copies of `model`'s parameters, in `param_shapes` order, all checked
+    (weight kinds pass through unchanged when `allow_kinds`)."""
     from .nn.gpt import param_shapes
 
     config = getattr(model, "config", None)
@@ -386,6 +389,11 @@ def _model_params(model: Any, what: str) -> tuple[GPTConfig, dict[str, np.ndarra
     out = {}
     for name, shape in expected.items():
         w = params[name]
+        if is_kind(w) and allow_kinds:
+            if tuple(w.shape) != shape:
+                raise ValueError(f"{what}: params[{name!r}] has shape {w.shape}, the config implies {shape}")
+            out[name] = w  # a weight kind: stored by _kind_tensors
+            continue
         if not isinstance(w, np.ndarray):
             raise TypeError(
                 f"{what}: params[{name!r}] is a {type(w).__name__}, not a numpy array; this format "
@@ -411,12 +419,14 @@ def _check_finite(a: np.ndarray, where: str, error: type[Exception] = Checkpoint
 
 
 def _check_tensors(
-    tensors: dict[str, np.ndarray], config: GPTConfig, path: Path, config_path: Path
+    tensors: dict[str, np.ndarray], config: GPTConfig, path: Path, config_path: Path, kinds: Container[str] = ()
 ) -> dict[str, np.ndarray]:
-    """The tensors of `path` in `param_shapes(config)` order; CheckpointError naming a bad one."""
+    """The tensors of `path` in `param_shapes(config)` order; CheckpointError naming a bad one.
+
+    Names in `kinds` are stored as weight kinds, so they are not expected among the dense tensors."""
     from .nn.gpt import param_shapes
 
-    expected = param_shapes(config)
+    expected = {n: s for n, s in param_shapes(config).items() if n not in kinds}
     missing = [n for n in expected if n not in tensors]
     extra = sorted(n for n in tensors if n not in expected)
     shape_of = (
@@ -475,7 +485,8 @@ def save(model: GPT, path: str | os.PathLike) -> Path:
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"path must be a str or path-like, got {type(path).__name__}")
     directory = Path(path)
-    config, params = _model_params(model, "save")
+    config, params = _model_params(model, "save", allow_kinds=True)
+    params, kinds = _kind_tensors(params)
     tok = getattr(model, "tokenizer", None)
     tok_json = tokenizer_to_json(tok) if tok is not None else None
     if directory.exists() and not directory.is_dir():
@@ -490,7 +501,10 @@ def save(model: GPT, path: str | os.PathLike) -> Path:
 
     # config.json, which records the other files' hashes, is staged and renamed last.
     def make_config(digests: dict[str, str]) -> Iterable[bytes]:
-        return _json_bytes({"minillm_format_version": FORMAT_VERSION, "config": config.to_dict(), "files": digests})
+        meta = {"minillm_format_version": FORMAT_VERSION, "config": config.to_dict(), "files": digests}
+        if kinds:
+            meta["kinds"] = kinds
+        return _json_bytes(meta)
 
     _save_files(directory, files, last=(CONFIG_FILE, make_config))
     if tok_json is None:  # a tokenizer.json from an earlier save no longer belongs here
@@ -565,7 +579,9 @@ def load(path_or_name: str | os.PathLike) -> GPT:
             f"{config_path}: minillm_format_version {meta['minillm_format_version']!r} is not "
             f"supported; allowed: {FORMAT_VERSION}"
         )
-    if set(meta) != {"minillm_format_version", "config", "files"} or not isinstance(meta["files"], dict):
+    if not {"minillm_format_version", "config", "files"} <= set(meta) <= {"minillm_format_version", "config",
+                                                                          "files", "kinds"} or not isinstance(
+            meta["files"], dict):  # fmt: skip
         raise CheckpointError(
             f"{config_path}: corrupt: keys must be minillm_format_version, config, "
             f"files (a JSON object); got {sorted(meta)}"
@@ -591,8 +607,11 @@ def load(path_or_name: str | os.PathLike) -> GPT:
                 "was changed, or comes from a different save (an interrupted one?); save again"
             )
     weights_path = directory / WEIGHTS_FILE
-    tensors, _, _ = read_safetensors(weights_path, dtypes={"F32"})
-    params = _check_tensors(tensors, config, weights_path, config_path)
+    kinds_meta = meta.get("kinds", {})
+    tensors, _, _ = read_safetensors(weights_path, dtypes={"F32"} if not kinds_meta else {"F32", "F16", "I8", "U8"})
+    tensors, kinds = _kinds_from_tensors(tensors, kinds_meta, config, weights_path, config_path)
+    params = _check_tensors(tensors, config, weights_path, config_path, kinds) | kinds
+    params = {name: params[name] for name in param_shapes_of(config)}  # the usual order
     tok = None
     if TOKENIZER_FILE in files:
         tok_path = directory / TOKENIZER_FILE
@@ -612,6 +631,72 @@ def _check_tokenizer_fits(tok: Any, config: GPTConfig, path: Path) -> None:
             f"{path}: the tokenizer has {tok.vocab_size} ids but the model's vocab_size is "
             f"{config.vocab_size}: some ids would have no embedding"
         )
+
+
+def param_shapes_of(config: GPTConfig) -> dict[str, tuple[int, ...]]:
+    from .nn.gpt import param_shapes
+
+    return param_shapes(config)
+
+
+# Compressed weights: each kind's arrays are stored as tensors "NAME::FIELD" and its class and
+# integer attributes in config.json under "kinds", so a compressed model loads back as it was.
+def _kind_tensors(params: dict[str, Any]) -> tuple[dict[str, np.ndarray], dict[str, dict[str, Any]]]:
+    tensors: dict[str, np.ndarray] = {}
+    kinds: dict[str, dict[str, Any]] = {}
+    for name, w in params.items():
+        if not is_kind(w):
+            tensors[name] = w
+            continue
+        attrs: dict[str, Any] = {}
+        for f in dataclasses.fields(w):
+            v = getattr(w, f.name)
+            if isinstance(v, np.ndarray):
+                tensors[f"{name}::{f.name}"] = np.ascontiguousarray(v)
+            elif v is None or isinstance(v, (int, float, str, bool)):
+                attrs[f.name] = v
+            else:
+                raise TypeError(f"save: {name}: field {f.name} of {type(w).__name__} cannot be stored")
+        kinds[name] = {"kind": type(w).__name__, "attrs": attrs}
+    return tensors, kinds
+
+
+def _kinds_from_tensors(tensors: dict[str, np.ndarray], kinds_meta: Any, config: GPTConfig, path: Path,
+                        config_path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:  # fmt: skip
+    """Rebuild the weight kinds listed in config.json; returns (dense tensors, kinds by name)."""
+    from . import kinds as kinds_mod
+
+    if not isinstance(kinds_meta, dict):
+        raise CheckpointError(f"{config_path}: corrupt: 'kinds' must be a JSON object")
+    expected = param_shapes_of(config)
+    rest = {k: v for k, v in tensors.items() if "::" not in k}
+    out: dict[str, Any] = {}
+    for name, spec in kinds_meta.items():
+        allowed = list(kinds_mod.KIND_CLASSES)
+        if name not in expected or not isinstance(spec, dict) or spec.get("kind") not in allowed:
+            raise CheckpointError(f"{config_path}: bad 'kinds' entry {name!r}: {spec!r}; kinds allowed: {allowed}")
+        cls = getattr(kinds_mod, spec["kind"])
+        fields = {f.name for f in dataclasses.fields(cls)}
+        arrays = {k.split("::", 1)[1]: v for k, v in tensors.items() if k.startswith(name + "::")}
+        attrs = spec.get("attrs", {})
+        if not isinstance(attrs, dict) or set(arrays) | set(attrs) != fields:
+            raise CheckpointError(f"{path}: tensor(s) of {name!r} ({spec['kind']}) do not match its fields "
+                                  f"{sorted(fields)}: found {sorted(set(arrays) | set(attrs))}")  # fmt: skip
+        try:
+            w = cls(**arrays, **attrs)
+        except (TypeError, ValueError) as e:
+            raise CheckpointError(f"{path}: tensor(s) of {name!r} do not form a valid {spec['kind']}: {e}") from None
+        if tuple(w.shape) != expected[name]:
+            raise CheckpointError(f"{path}: {name!r} has shape {w.shape}, but {config_path.name} implies "
+                                  f"{expected[name]}")  # fmt: skip
+        out[name] = w
+    stray = sorted({k.split("::", 1)[0] for k in tensors if "::" in k} - set(out))
+    if stray:
+        raise CheckpointError(f"{path}: tensor(s) for {stray[:5]} belong to no entry of {config_path.name}'s kinds")
+    for name, v in rest.items():
+        if v.dtype != np.float32:
+            raise CheckpointError(f"{path}: tensor {name!r} has dtype {v.dtype}; allowed: float32")
+    return rest, out
 
 
 # ------------------------------------------------------------------------------------------

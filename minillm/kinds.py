@@ -493,3 +493,7 @@ class Masked:
 
 
 KINDS = (Int8PerChannel, IntPerGroup, Q8_0, Q4_0, LowRank, NMSparse, Masked)
+
+
+# The kinds a checkpoint may hold (minillm.io stores each as its arrays plus its class name).
+KIND_CLASSES = ("Int8PerChannel", "IntPerGroup", "Q8_0", "Q4_0", "LowRank", "NMSparse", "Masked")

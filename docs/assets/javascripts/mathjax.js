@@ -5,6 +5,10 @@
 //                         in Markdown pages and annotated-source notes, as \(..\) and \[..\];
 //   .jp-RenderedMarkdown  notebook Markdown cells (mkdocs-jupyter keeps $..$ and $$..$$ raw);
 //   .jp-RenderedLatex     notebook outputs of type text/latex.
+//
+// Fonts: left to MathJax, which resolves them next to its own script
+// (assets/mathjax/output/chtml/fonts/woff-v2/). Setting chtml.fontURL to "[mathjax]/..." here
+// would NOT be resolved and would break them.
 window.MathJax = {
   tex: {
     inlineMath: [["\\(", "\\)"], ["$", "$"]],
@@ -16,10 +20,6 @@ window.MathJax = {
   options: {
     ignoreHtmlClass: ".*|",
     processHtmlClass: "arithmatex|jp-RenderedMarkdown|jp-RenderedLatex",
-  },
-  chtml: {
-    // The default, spelled out: fonts come from next to the script, never from a CDN.
-    fontURL: "[mathjax]/output/chtml/fonts/woff-v2",
   },
 };
 
