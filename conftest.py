@@ -8,7 +8,7 @@ not run can be preceded by `<!-- skip: next -->`.
 Without sybil installed (it is in the `dev` extra) the pages are simply not collected.
 
 Tests marked `slow` (minutes: the docs build, long training runs) are skipped, saying so, unless
-a `-m` expression is given: `pytest -m slow` runs them.
+a `-m` expression names them: `pytest -m slow` runs them.
 """
 
 from __future__ import annotations
@@ -44,8 +44,8 @@ if Sybil is not None:
 
 
 def pytest_collection_modifyitems(config, items):
-    """`slow` tests run only when a `-m` expression asks for them (`-m slow`, `-m "slow or not slow"`)."""
-    if config.option.markexpr:
+    """`slow` tests run only when a `-m` expression names them (`-m slow`, `-m "slow or not slow"`)."""
+    if "slow" in (config.option.markexpr or ""):
         return
     skip = pytest.mark.skip(reason="slow: run with -m slow")
     for item in items:

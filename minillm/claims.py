@@ -311,17 +311,20 @@ def quantized_speed(model: GPT, methods: Sequence[str] = QUANT_METHODS,
                     device: Any = "cpu") -> list[dict[str, Any]]:  # fmt: skip
     """Batch-1 decode speed of `model` with its block weights in each format, on each backend.
 
-    Each row: ``backend``, ``method``, ``weight_bytes`` (stored bytes of all parameters),
-    measured ``decode_tok_s``, ``speedup`` over fp32 on the same backend, ``bytes_ratio``
-    (fp32 bytes / these bytes: the most a memory-bound kernel could gain) and the roofline's
-    ``memory_bound_tok_s`` on `device` for that weight format.
+    `methods` are ``"fp32"`` (the model as given) and methods of
+    `minillm.compress.quantize.quantize_params` (``"int8"``, ``"q8_0"``, ``"q4_0"``, ...).
+    Each row: ``backend``, ``method``, ``bytes_per_token`` (the stored bytes a decode step must
+    read: block weights in their format, the float32 embeddings and LM head, the KV cache),
+    measured ``decode_tok_s`` and ``ms_per_token``, ``speedup`` over fp32 on the same backend,
+    ``bytes_ratio`` (fp32 bytes / these bytes: the most a memory-bound kernel can gain) and
+    ``memory_bound_tok_s`` $= \beta / \text{bytes per token}$ with the bandwidth of `device`.
     """
     from . import backends as backends_mod
     from .bench import bench_decode
     from .compress.quantize import quantize_params
     from .hw.devices import get_device
 
-    dev = get_device(device)
+    bandwidth = get_device(device).bandwidth
     backends = list(backends) if backends is not None else backends_mod.available()
     variants = {}
     for m in methods:
@@ -329,18 +332,16 @@ def quantized_speed(model: GPT, methods: Sequence[str] = QUANT_METHODS,
         variants[m] = GPT(model.config, params=params)
     rows = []
     for be in backends:
-        base = None
+        first = None
         for m in methods:
-            v = variants[m]
-            r = bench_decode(v, backend=be, prompt_tokens=prompt_tokens, new_tokens=new_tokens,
-                             repeat=repeat)  # fmt: skip
-            base = r["decode_tok_s"] if m == "fp32" or base is None else base
-            pred = _decode_prediction(model, 1, prompt_tokens + new_tokens // 2, m, dev)
-            rows.append({"backend": be, "method": m, "weight_bytes": v.nbytes,
+            r = bench_decode(variants[m], backend=be, prompt_tokens=prompt_tokens,
+                             new_tokens=new_tokens, repeat=repeat)  # fmt: skip
+            first = first or r
+            rows.append({"backend": be, "method": m, "bytes_per_token": r["bytes_per_token"],
                          "decode_tok_s": r["decode_tok_s"], "ms_per_token": r["decode_ms_per_token"],
-                         "speedup": r["decode_tok_s"] / base,
-                         "bytes_ratio": variants[methods[0]].nbytes / v.nbytes,
-                         "memory_bound_tok_s": pred["memory_bound_tok_s"]})  # fmt: skip
+                         "speedup": r["decode_tok_s"] / first["decode_tok_s"],
+                         "bytes_ratio": first["bytes_per_token"] / r["bytes_per_token"],
+                         "memory_bound_tok_s": bandwidth / r["bytes_per_token"]})  # fmt: skip
     return rows
 
 

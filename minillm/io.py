@@ -70,7 +70,8 @@ __all__ = [
 ]
 
 FORMAT_VERSION = 1
-SHIPPED_MODELS = ("teacher", "student-scratch", "student-distilled")
+SHIPPED_MODELS = ("teacher", "student-scratch", "student-distilled",  # trained
+                  "teacher-prune50", "teacher-2of4", "teacher-lowrank50")  # fine-tuned after compression
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 
 WEIGHTS_FILE, CONFIG_FILE, TOKENIZER_FILE = "model.safetensors", "config.json", "tokenizer.json"
@@ -679,7 +680,9 @@ def _kinds_from_tensors(tensors: dict[str, np.ndarray], kinds_meta: Any, config:
         fields = {f.name for f in dataclasses.fields(cls)}
         arrays = {k.split("::", 1)[1]: v for k, v in tensors.items() if k.startswith(name + "::")}
         attrs = spec.get("attrs", {})
-        if not isinstance(attrs, dict) or set(arrays) | set(attrs) != fields:
+        if not isinstance(attrs, dict):
+            raise CheckpointError(f"{config_path}: 'kinds' entry {name!r}: attrs must be a JSON object, got {attrs!r}")
+        if set(arrays) | set(attrs) != fields:
             raise CheckpointError(f"{path}: tensor(s) of {name!r} ({spec['kind']}) do not match its fields "
                                   f"{sorted(fields)}: found {sorted(set(arrays) | set(attrs))}")  # fmt: skip
         try:

@@ -60,8 +60,7 @@ def build_variant(name: str, cache: dict[str, GPT]) -> tuple[GPT, str]:
         if recipe:
             note = recipe + (", no fine-tuning (shipped fine-tuned weights missing)" if finetuned else "")
     if src not in cache:
-        cache[src] = load(WEIGHTS_DIR / src if src not in ("teacher", "student-scratch", "student-distilled")
-                          else src)  # fmt: skip
+        cache[src] = load(src)
     model = cache[src]
     if recipe:
         model = GPT(model.config, params=apply_recipe(model.params, recipe), tokenizer=model.tokenizer)
@@ -288,7 +287,7 @@ def run_tradeoffs(json_path: str | None = None, quick: bool = False, progress: b
     for method, recipe, finetuned in tqdm(TRADEOFFS, desc="trade-offs", disable=not progress):
         if finetuned and not (WEIGHTS_DIR / finetuned).is_dir():
             continue
-        src = load(WEIGHTS_DIR / finetuned) if finetuned else teacher
+        src = load(finetuned) if finetuned else teacher
         model = GPT(src.config, params=apply_recipe(src.params, recipe), tokenizer=src.tokenizer)
         loss = evaluate(model, val_ids)["loss"]
         rows.append({"method": method, "recipe": recipe, "finetuned": finetuned, "params": model.n_params,

@@ -183,12 +183,16 @@ class TrainState:
     ema: float | None = None  # smoothed training loss shown on the progress bar
 
 
-def _tensors_sha256(tensors: dict[str, np.ndarray]) -> str:
-    """SHA-256 of every tensor's name, dtype, shape and little-endian bytes, in name order.
+def _state_sha256(tensors: dict[str, np.ndarray], meta: dict[str, str]) -> str:
+    """SHA-256 of the metadata strings and of every tensor's name, dtype, shape and little-endian
+    bytes, in name order.
 
-    Stored in the checkpoint's metadata, it turns a flipped bit in the data, which the file's
-    structure cannot reveal, into a clear error on load."""
+    Stored in the checkpoint's metadata, it turns a flipped bit in the data or a changed step
+    count, which the file's structure cannot reveal, into a clear error on load."""
     sha = hashlib.sha256()
+    for key in sorted(meta):
+        if key != "sha256":
+            sha.update(f"{key}\0{meta[key]}\0".encode())
     for name in sorted(tensors):
         a = np.ascontiguousarray(tensors[name])
         a = a.astype(a.dtype.newbyteorder("<"), copy=False)
@@ -216,8 +220,8 @@ def save_checkpoint(path: str | Path, state: TrainState, model_config: GPTConfig
         "history": json.dumps(state.history),
         "ema": json.dumps(state.ema),
         "extra": json.dumps(extra or {}),
-        "tensors_sha256": _tensors_sha256(tensors),
     }
+    meta["sha256"] = _state_sha256(tensors, meta)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         save_file(tensors, str(tmp), metadata=meta)
@@ -251,10 +255,10 @@ def load_checkpoint(path: str | Path) -> tuple[TrainState, GPTConfig, TrainConfi
             raise CheckpointError(f"{path}: tensor {k!r} holds non-finite values (NaN or inf)")
     field_ = "?"
     try:
-        field_ = "tensors_sha256"
-        if field_ in meta and meta[field_] != _tensors_sha256(tensors):
-            raise CheckpointError(f"{path}: the tensor data differs from the SHA-256 recorded in its metadata "
-                                  "(the file was corrupted or modified)")
+        field_ = "sha256"  # absent from checkpoints written before it was introduced
+        if field_ in meta and meta[field_] != _state_sha256(tensors, meta):
+            raise CheckpointError(f"{path}: its tensors or metadata differ from the SHA-256 recorded in it "
+                                  "(the file was corrupted or modified); resume from another checkpoint")
         field_ = "model_config"
         model_config = GPTConfig.from_dict(json.loads(meta[field_]))
         field_ = "train_config"

@@ -30,7 +30,12 @@ URL = re.compile(r"""(?:https?:)?//[a-z0-9.-]+\.[a-z]{2,}[^\s"'`)<>]*""", re.I)
 
 def mkdocs_config() -> dict:
     yaml = pytest.importorskip("yaml", reason="PyYAML reads mkdocs.yml (pip install -e '.[docs]')")
-    return yaml.safe_load((ROOT / "mkdocs.yml").read_text(encoding="utf-8"))
+
+    class Loader(yaml.SafeLoader):
+        """SafeLoader that reads mkdocs' `!ENV [NAME, default]` tag as its default."""
+
+    Loader.add_constructor("!ENV", lambda loader, node: loader.construct_sequence(node)[-1])
+    return yaml.load((ROOT / "mkdocs.yml").read_text(encoding="utf-8"), Loader=Loader)  # noqa: S506
 
 
 def nav_values(nav) -> list[str]:
@@ -101,12 +106,14 @@ def test_config_and_own_assets_name_no_remote_url():
     config = mkdocs_config()
     assert config["theme"].get("font") is False, "theme.font must be false: Material loads Google Fonts otherwise"
     own = [ROOT / "mkdocs.yml"] + [
-        p for p in ASSETS.rglob("*") if p.is_file() and MATHJAX not in p.parents and p.suffix in {".js", ".css", ".html"}
+        p for p in ASSETS.rglob("*") if p.suffix in {".js", ".css", ".html"} and MATHJAX not in p.parents
     ]
     found = {p.relative_to(ROOT).as_posix(): URL.findall(p.read_text(encoding="utf-8")) for p in own}
     found = {k: v for k, v in found.items() if v}
     assert not found, f"remote URLs in the site's configuration or assets: {found}"
-    scripts = [s for s in config["extra_javascript"]]
+    # docs/assets/javascripts/mathjax.js typesets once, at page load: no instant navigation.
+    assert "navigation.instant" not in config["theme"].get("features", [])
+    scripts = list(config["extra_javascript"])
     assert scripts == ["assets/javascripts/mathjax.js", "assets/mathjax/tex-mml-chtml.js"], scripts
     for s in scripts + config["extra_css"]:
         assert (DOCS / s).is_file(), s
@@ -291,7 +298,8 @@ def test_site_builds_strict(tmp_path):
     import minillm
 
     lesson = (site / "lessons/00_sample/index.html").read_text(encoding="utf-8")
-    assert f"<pre>{2 * minillm.GPTConfig.preset('tiny').n_embd}\n</pre>" in lesson and "jp-RenderedMarkdown" in lesson and "$e^{i\\pi} + 1 = 0$" in lesson
+    assert f"<pre>{2 * minillm.GPTConfig.preset('tiny').n_embd}\n</pre>" in lesson
+    assert "jp-RenderedMarkdown" in lesson and "$e^{i\\pi} + 1 = 0$" in lesson
 
     # Every docs page was built, and the API page has the model's reference.
     for md in DOCS.glob("*.md"):

@@ -584,8 +584,9 @@ for label, tok_s, rep in (("teacher decode", dec["decode_tok_s"], report),
           f"(memory alone {t['memory_bound_tokens_per_s']:10,.0f}); intensity {t['intensity']:5.2f} "
           f"FLOP/B; {achieved / 1e9:6.2f} GFLOP/s = {achieved / rep['peak_flops']:.1%} of peak")
 
-fig = hw.roofline_plot(["h100", "a100", "m2", cpu], points=points)
-fig
+fig, ax = plt.subplots(figsize=(8, 5))
+hw.roofline_plot(["h100", "a100", "m2", cpu], points=points, ax=ax)
+plt.show()
 """),
     md(r"""
 The decode point sits below the CPU's roofline: this model (7 MB of float32 weights) is small
@@ -640,6 +641,8 @@ for ax, s in zip(axes.ravel(), frames):
     ax.imshow(colour)
     ax.set_xticks(range(3))
     ax.set_yticks(range(3))
+    ax.set_xlabel("PE column j", fontsize=8)
+    ax.set_ylabel("PE row i", fontsize=8)
     ax.set_title(f"cycle {s.t}: {int(s.done.sum())}/12 outputs out", fontsize=9)
 for ax in axes.ravel()[len(frames):]:
     ax.axis("off")
@@ -765,6 +768,285 @@ plt.show()
    $4 \times 3 \times 3$ matmul before running it (it needs two column tiles).
 3. Give float8_e4m3fn one scale per *output column* instead of one per tensor. How much of the
    remaining loss gap closes?
+"""),
+]
+
+# ------------------------------------------------------------------------------------------
+NOTEBOOKS["11_claims_checked"] = [
+    md(r"""
+# 11 · Claims checked
+
+Write-ups about making language models small and fast are full of confident statements. This
+lesson takes six of them and checks each one with code: the formulas on the "Claims checked"
+docs page, and the measurements on the shipped teacher and on this machine. The functions live
+in `minillm.claims`, so the page, the tests and this lesson compute the same thing.
+
+| | the claim | what we do |
+|---|---|---|
+| (a) | soft-thresholding $\operatorname{sign}(x)\max(0, \lvert x\rvert-\theta)$ quantizes the weights | apply it and a real quantizer to the teacher |
+| (b) | overlapped distributed time is $\min(\text{compute}, \text{transfer})$ | simulate a stream of chunks |
+| (c) | a pruned model's loss is $J(w) \cdot M$ | finite differences of $J(w \odot M)$ |
+| (d) | $n$ sequences in parallel run $n\times$ faster | measure throughput and latency vs batch |
+| (e) | quantization makes inference $10\times$ faster | measure every format on every backend |
+| (f) | the KD example's loss is 0.21 | recompute it under the standard definitions |
+
+The machine running this is shared: treat measured speeds as noisy and compare rows with each
+other rather than trusting any single number.
+"""),
+    code(r"""
+import matplotlib.pyplot as plt
+import numpy as np
+
+import minillm
+from minillm import backends, claims, data
+from minillm.compress.prune import magnitude_mask
+from minillm.compress.quantize import quantize_params
+from minillm.nn.gpt import init_params
+from minillm.train import evaluate
+
+rng = np.random.default_rng(0)
+teacher = minillm.load("teacher")
+cfg = teacher.config
+val = data.encode_split("val", teacher.tokenizer)
+n_tokens = 8_000  # validation slice: the first 8,000 characters of the held-out plays
+print(teacher)
+"""),
+    md(r"""
+## (a) Soft-thresholding is shrinkage, not quantization
+
+$$S_\theta(x) = \operatorname{sign}(x)\max(0, |x| - \theta) = \arg\min_z \tfrac12(z - x)^2 + \theta|z|$$
+
+is the proximal operator of the $\ell_1$ norm (LASSO, ISTA). It zeroes $|x| \le \theta$ and moves
+everything else $\theta$ toward zero: $\operatorname{sign}(x)(S_\theta(x) - x) = -\min(|x|, \theta)$. A
+quantizer instead rounds to a grid, $Q(w) = s\,\operatorname{round}(w/s)$, with error at most $s/2$
+of either sign. We compare them on one teacher weight, with $\theta$ = half the int8 step of each
+column — so both send exactly the same weights to zero.
+"""),
+    code(r"""
+name = "h.1.mlp.c_fc.weight"
+W = teacher.params[name]
+step = claims.int8_step(W)  # (out,) one step per output column
+soft = claims.soft_threshold(W, step / 2)
+int8 = quantize_params({name: W}, "int8")[name].dequantize()
+print(f"{name} {W.shape}: {W.size:,} weights")
+print(f"{'':14s} {'distinct':>9s} {'zeros':>7s} {'bias toward 0':>14s} {'mean error':>11s} "
+      f"{'max |error|':>11s} {'rel. error':>10s}")
+for label, approx in (("soft-threshold", soft), ("int8", int8)):
+    s = claims.shrinkage_stats(W, approx)
+    print(f"{label:14s} {s['distinct']:9,d} {s['zero_fraction']:7.2%} {s['bias_toward_zero']:14.2e} "
+          f"{s['mean_error']:11.2e} {s['max_abs_error']:11.2e} {s['rel_error']:10.2e}")
+print(f"most distinct values int8 stores in one column: "
+      f"{max(np.unique(int8[:, o]).size for o in range(W.shape[1]))} (at most 255)")
+
+o = int(np.argmax(step))  # the column with the coarsest int8 grid
+fig, axes = plt.subplots(1, 2, figsize=(12, 3.6))
+axes[0].plot(W[:, o], soft[:, o] - W[:, o], ".", ms=3, label="soft-threshold")
+axes[0].plot(W[:, o], int8[:, o] - W[:, o], ".", ms=3, label="int8")
+axes[0].set_xlabel("w")
+axes[0].set_ylabel("approximation - w")
+axes[0].set_title(f"errors in column {o}: shrinkage is biased, rounding is not")
+axes[0].legend()
+order = np.argsort(W[:, o])
+axes[1].step(W[order, o], int8[order, o], where="mid", label="int8: a staircase (grid)")
+axes[1].plot(W[order, o], soft[order, o], label="soft-threshold: a shifted line")
+axes[1].set_xlabel("w")
+axes[1].set_ylabel("stored value")
+axes[1].legend()
+plt.show()
+"""),
+    md(r"""
+What each does to the model: validation loss with every block weight soft-thresholded (at
+$\theta$ = 0.5, 1 and 2 int8 steps) or quantized to int8.
+"""),
+    code(r"""
+base = evaluate(teacher, val, max_tokens=n_tokens)["loss"]
+print(f"{'teacher, float32':32s} val loss {base:.4f}")
+variants = {f"soft-threshold, theta = {f:g} step": claims.soft_threshold_params(teacher.params, f)
+            for f in (0.5, 1.0, 2.0)}
+variants["int8 per column (a quantizer)"] = quantize_params(teacher.params, "int8")
+for label, params in variants.items():
+    loss = evaluate(minillm.GPT(cfg, params=params), val, max_tokens=n_tokens)["loss"]
+    print(f"{label:32s} val loss {loss:.4f} ({loss - base:+.4f})")
+"""),
+    md(r"""
+## (b) Overlap gives the maximum, never the minimum
+
+Chunks are transferred (time $t_j$) and then computed ($c_j$), on one link and one compute unit.
+`claims.flow_shop` simulates $e_{s,j} = \max(e_{s-1,j}, e_{s,j-1}) + d_{s,j}$, with at most `max_in_flight`
+chunks between arrival and completion (1: no overlap; 2: double buffering). Each resource must
+do all of its work, so
+
+$$\max\Big(\sum_j t_j, \sum_j c_j\Big) \le T_{\text{overlap}} \le \sum_j (t_j + c_j).$$
+"""),
+    code(r"""
+t, c, n = 1.0, 2.0, 6
+d = np.array([[t] * n, [c] * n])
+fig, axes = plt.subplots(2, 1, figsize=(9, 3.6), sharex=True)
+for ax, k in zip(axes, (1, 2)):
+    s = claims.flow_shop(d, max_in_flight=k)
+    claims.gantt(s, ["transfer", "compute"], ax=ax,
+                 title=f"max_in_flight={k}: makespan {s.makespan:g}")
+plt.tight_layout()
+plt.show()
+print(f"no overlap: {claims.flow_shop(d, max_in_flight=1).makespan:g} = sum {n * (t + c):g}")
+print(f"overlap:    {claims.flow_shop(d, max_in_flight=2).makespan:g} = t + c + (n-1) max(t, c) = "
+      f"{t + c + (n - 1) * max(t, c):g}; the claimed min(sum t, sum c) = {min(n * t, n * c):g}")
+
+ratios = []
+for _ in range(2000):  # random chunk sizes
+    d = rng.exponential(1.0, size=(2, 8))
+    T = claims.flow_shop(d, max_in_flight=2).makespan
+    ratios.append((T / d.sum(1).max(), T / d.sum(), T / d.sum(1).min()))
+ratios = np.array(ratios)
+print(f"over 2000 random streams: T / max(sums) in [{ratios[:, 0].min():.3f}, {ratios[:, 0].max():.3f}], "
+      f"T / total in [{ratios[:, 1].min():.3f}, {ratios[:, 1].max():.3f}], "
+      f"T / min(sums) >= {ratios[:, 2].min():.3f}")
+"""),
+    md(r"""
+## (c) The loss and gradient of a pruned model
+
+With a fixed keep-mask $M$ the pruned model computes with $w \odot M$: its loss is $J(w \odot M)$
+(whereas $J(w)\cdot M$ is a scalar times a matrix), and by the chain rule
+
+$$\nabla_w\, J(w \odot M) = \nabla J(w \odot M) \odot M.$$
+
+We check it by central finite differences on the `tiny` preset in float64, on weights that are
+kept and weights that are pruned, against two tempting mistakes: the dense gradient masked,
+$\nabla J(w) \odot M$, and the pruned-point gradient left unmasked.
+"""),
+    code(r"""
+tiny = minillm.GPTConfig.preset("tiny")
+model = minillm.GPT(tiny, params=init_params(tiny, 0, dtype=np.float64))
+name = "h.0.mlp.c_fc.weight"
+M = magnitude_mask(model.params[name], 0.5)
+idx, targets = rng.integers(0, tiny.vocab_size, size=(2, 4, 16))
+
+def J(w):  # the pruned model's loss as a function of the dense weight w
+    params = dict(model.params)
+    params[name] = w * M
+    return minillm.GPT(tiny, params=params).loss_and_grads(idx, targets)[0]
+
+loss, grads = claims.masked_loss_and_grads(model, {name: M}, idx, targets)
+dense_loss, dense_grads = model.loss_and_grads(idx, targets)
+pruned_params = dict(model.params)
+pruned_params[name] = model.params[name] * M
+_, unmasked = minillm.GPT(tiny, params=pruned_params).loss_and_grads(idx, targets)
+
+kept = [tuple(k) for k in np.argwhere(M)[:8]]
+pruned = [tuple(k) for k in np.argwhere(~M)[:8]]
+fd = claims.finite_difference(J, model.params[name], kept + pruned, h=1e-5)
+print(f"J(w) = {dense_loss:.6f}, J(w * M) = {loss:.6f}; J(w) * M would have shape {(dense_loss * M).shape}")
+for label, g in (("grad J(w*M) * M   (correct)", grads[name]),
+                 ("grad J(w) * M     (dense point)", dense_grads[name] * M),
+                 ("grad J(w*M)       (unmasked)", unmasked[name])):
+    an = np.array([g[k] for k in kept + pruned])
+    err = np.abs(an - fd)
+    print(f"{label:32s} max |error| on kept {err[:8].max():.1e}, on pruned {err[8:].max():.1e} "
+          f"(gradient scale {np.abs(fd).max():.1e})")
+"""),
+    md(r"""
+## (d) $n$ sequences in parallel are not $n\times$ faster
+
+A decode step reads the weights ($W$ bytes) once for all $B$ sequences, plus each sequence's KV
+cache and activations ($X$ bytes each), and does $F$ FLOPs per token:
+
+$$\text{tokens/s}(B) \le \min\left(\frac{B\beta}{W + BX}, \frac{\pi}{F}\right), \qquad
+\frac{\text{tokens/s}(B)}{\text{tokens/s}(1)} \le \frac{B(W + X)}{W + BX} < B.$$
+
+And each sequence waits for the whole step, so the latency per token grows with $B$.
+`claims.batch_sweep` measures the teacher with the NumPy backend next to the roofline bounds of
+this CPU (lesson 10 looks at this in more detail).
+"""),
+    code(r"""
+rows = claims.batch_sweep(teacher, (1, 2, 4, 8, 16), new_tokens=16, repeat=2)
+print(f"{'B':>3s} {'tokens/s':>9s} {'speed-up':>9s} {'ms/step':>8s} {'memory bound':>13s} {'compute bound':>14s}")
+for r in rows:
+    print(f"{r['batch']:3d} {r['decode_tok_s']:9.0f} {r['speedup']:8.2f}x {r['ms_per_step']:8.2f} "
+          f"{r['memory_bound_tok_s']:13,.0f} {r['compute_bound_tok_s']:14,.0f}")
+B = np.array([r["batch"] for r in rows])
+fig, axes = plt.subplots(1, 2, figsize=(12, 3.6))
+axes[0].loglog(B, [r["decode_tok_s"] for r in rows], "o-", base=2, label="measured")
+axes[0].loglog(B, rows[0]["decode_tok_s"] * B, "k:", base=2, label="n x (the claim)")
+axes[0].loglog(B, [min(r["memory_bound_tok_s"], r["compute_bound_tok_s"]) for r in rows], "s--",
+               base=2, label="roofline bound")
+axes[0].set_xlabel("batch B")
+axes[0].set_ylabel("tokens/s (all sequences)")
+axes[0].legend()
+axes[1].plot(B, [r["ms_per_step"] for r in rows], "o-")
+axes[1].set_xlabel("batch B")
+axes[1].set_ylabel("ms per token, per sequence")
+axes[1].set_title("latency grows with the batch")
+plt.show()
+"""),
+    md(r"""
+## (e) "Quantization makes it 10× faster"
+
+A memory-bound decode step can gain at most the ratio of bytes it reads,
+$\text{bytes}_{\text{fp32}} / \text{bytes}_q$ — and only with a kernel that multiplies by the stored codes.
+A kernel that first dequantizes to float32 reads the codes, writes a float32 copy and reads it
+back: more traffic than the float32 model. We measure four formats on every backend available
+here, on four layers of GPT-2's width ($C = 768$: each MLP matrix is 9.4 MB in float32, larger
+than the caches) with a 96-symbol vocabulary, so that the block weights, which quantization
+compresses, dominate the bytes.
+"""),
+    code(r"""
+print("backends available here:", backends.available())
+wide = minillm.GPT(minillm.GPTConfig.preset("gpt2", n_layer=4, vocab_size=96), seed=0)
+rows = claims.quantized_speed(wide, ("fp32", "int8", "q8_0", "q4_0"), prompt_tokens=8, new_tokens=12,
+                              repeat=2)
+print(f"{'backend':8s} {'format':6s} {'MB/token':>9s} {'tokens/s':>9s} {'speed-up':>9s} "
+      f"{'bytes ratio':>12s} {'memory bound':>13s}")
+for r in rows:
+    print(f"{r['backend']:8s} {r['method']:6s} {r['bytes_per_token'] / 1e6:9.1f} {r['decode_tok_s']:9.1f} "
+          f"{r['speedup']:8.2f}x {r['bytes_ratio']:11.2f}x {r['memory_bound_tok_s']:13.0f}")
+
+names = list(dict.fromkeys(r["backend"] for r in rows))
+methods = list(dict.fromkeys(r["method"] for r in rows))
+fig, ax = plt.subplots(figsize=(8, 3.6))
+width = 0.8 / len(names)
+for k, be in enumerate(names):
+    ax.bar(np.arange(len(methods)) + k * width, [r["speedup"] for r in rows if r["backend"] == be],
+           width, label=be)
+ax.plot(np.arange(len(methods)) + 0.4 - width / 2, [r["bytes_ratio"] for r in rows if r["backend"] == names[0]],
+        "k_", ms=30, mew=2, label="bytes ratio (the bound)")
+ax.axhline(1, color="gray", lw=0.8)
+ax.set_xticks(np.arange(len(methods)) + 0.4 - width / 2, methods)
+ax.set_ylabel("speed-up over fp32, same backend")
+ax.legend()
+plt.show()
+"""),
+    md(r"""
+## (f) The knowledge-distillation worked example
+
+Labels $[0, 1, 0]$, student probabilities $[0.3, 0.5, 0.2]$, teacher $[0.1, 0.8, 0.1]$; claimed loss
+0.21. The standard quantities are $\mathrm{CE} = -\ln p_s[y]$, $\mathrm{KL}(p_t\|p_s) = \sum_i p_t[i]\ln(p_t[i]/p_s[i])$
+(what distillation minimizes), the reverse KL, and $H(p_t, p_s) = H(p_t) + \mathrm{KL}(p_t\|p_s)$.
+`kd_worked_example` computes them all — and also what one gets by mistaking the probabilities for
+logits — and lists which round to the claimed value.
+"""),
+    code(r"""
+r = claims.kd_worked_example(student=(0.3, 0.5, 0.2), teacher=(0.1, 0.8, 0.1), label=1, claimed=0.21)
+for reading, terms in (("as probabilities", r["probabilities"]), ("misread as logits", r["logits"])):
+    print(reading)
+    for k, v in terms.items():
+        print(f"    {k:32s} {v:.4f}")
+print(f"quantities that round to {r['claimed']}: {r['matches'] or 'none'}")
+for alpha in (0.5, 0.1):
+    mixed = alpha * r["probabilities"]["ce"] + (1 - alpha) * r["probabilities"]["kl_teacher_student"]
+    print(f"alpha = {alpha}: alpha CE + (1 - alpha) KL(t||s) = {mixed:.4f}")
+"""),
+    md(r"""
+## Exercises
+
+1. (a) For which $\theta$ does soft-thresholding the teacher's block weights lose as much
+   validation loss as int4 per-group quantization (`quantize_params(params, "int4-g32")`)? How
+   many distinct values does each keep?
+2. (b) With `max_in_flight=2`, find chunk sizes $t_j, c_j$ (not all equal) for which the makespan
+   equals $\max(\sum t, \sum c)$ plus the smallest possible overhang. What is that overhang?
+3. (d) Using the roofline, predict the batch size at which the teacher's decode becomes
+   compute-bound on this CPU; then extend `batch_sweep` to that batch and compare.
+4. (e) Which backend comes closest to its bytes-ratio bound, and what would a kernel have to do
+   to reach it?
 """),
 ]
 

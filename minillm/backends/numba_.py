@@ -45,23 +45,26 @@ from .. import kinds as K
 from .numpy_ import KERNEL_FORMS, LowRankArrays, NumpyBackend, WeightCache, kernel_form
 
 
-def _set_cache_dir() -> None:
-    """Default NUMBA_CACHE_DIR to ~/.cache/minillm/numba when this package is read-only."""
-    if os.environ.get("NUMBA_CACHE_DIR"):
-        return
-    here = os.path.dirname(os.path.abspath(__file__))
-    pycache = os.path.join(here, "__pycache__")
-    target = pycache if os.path.isdir(pycache) else here
-    if os.access(target, os.W_OK):
-        return
-    os.environ["NUMBA_CACHE_DIR"] = os.path.join(os.path.expanduser("~"), ".cache", "minillm", "numba")
-    if "numba" in sys.modules:  # already imported elsewhere: make it re-read the environment
-        from numba.core import config
+def default_cache_dir(package_dir: str, environ: Any = os.environ) -> str | None:
+    """Where Numba should cache compiled kernels, or None to keep its default.
 
-        config.reload_config()
+    Numba's default is ``__pycache__`` next to this file; when that is not writable (a
+    system-wide install) and the user has not set NUMBA_CACHE_DIR, use ~/.cache/minillm/numba."""
+    if environ.get("NUMBA_CACHE_DIR"):
+        return None
+    pycache = os.path.join(package_dir, "__pycache__")
+    if os.access(pycache if os.path.isdir(pycache) else package_dir, os.W_OK):
+        return None
+    return os.path.join(os.path.expanduser("~"), ".cache", "minillm", "numba")
 
 
-_set_cache_dir()
+_cache_dir = default_cache_dir(os.path.dirname(os.path.abspath(__file__)))
+if _cache_dir is not None:
+    os.environ["NUMBA_CACHE_DIR"] = _cache_dir
+    if "numba" in sys.modules:  # imported elsewhere already: make it re-read the environment
+        from numba.core import config as _numba_config
+
+        _numba_config.reload_config()
 
 import numba  # noqa: E402  (after the cache directory is chosen)
 from numba import njit, prange  # noqa: E402
@@ -503,6 +506,7 @@ class NumbaBackend(NumpyBackend):
         """Fused causal attention over the cache (k, v may be strided views of it)."""
         if q.dtype != np.float32 or k.dtype != np.float32 or v.dtype != np.float32:
             return super().attention(q, k, v)
+        q = np.ascontiguousarray(q)  # small; k, v stay views of the cache (no copy)
         y = np.empty(q.shape, np.float32)
         attention_cache(q, k, v, y)
         return y
@@ -531,10 +535,9 @@ class NumbaBackend(NumpyBackend):
         self.gelu(w)
         self.softmax(w)
         cache = np.zeros((2, 1, 2, 8, 32), np.float32)
-        for T in (1, 4):  # q, k, v strided views, exactly as the forward passes them
-            qkv = rng.standard_normal((T, 3 * 64)).astype(np.float32)
-            q = qkv.reshape(1, T, 3, 2, 32).transpose(2, 0, 3, 1, 4)[0]  # (1, 2, T, 32)
-            self.attention(q, cache[0, :, :, :4], cache[1, :, :, :4])
+        q = rng.standard_normal((1, 2, 4, 32)).astype(np.float32)
+        for S in (4, 8):  # the cache's keys as a strided view, and whole (contiguous)
+            self.attention(q, cache[0, :, :, :S], cache[1, :, :, :S])
         self.compile_s = time.perf_counter() - t
         return self.compile_s
 

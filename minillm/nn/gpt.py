@@ -136,6 +136,9 @@ def forward(params: dict[str, Any], config: GPTConfig, idx: np.ndarray, cache: K
     With ``last_only`` only the last position's logits are computed (B, 1, V) — all that
     sampling needs, and it skips the large (T, C) × (C, V) head product during prefill.
     The cache is advanced by T positions.
+
+    A backend with a ``forward(params, config, idx, k, v, pos0, last_only) -> (logits, k, v)``
+    method (JAX, which compiles this whole loop into one program) computes the step itself.
     """
     B, T = idx.shape
     C, H, eps = config.n_embd, config.n_head, config.layer_norm_epsilon
@@ -145,6 +148,10 @@ def forward(params: dict[str, Any], config: GPTConfig, idx: np.ndarray, cache: K
     pos0 = cache.pos
     if pos0 + T > cache.size:
         raise ValueError(f"KV cache full: {pos0} + {T} positions > size {cache.size}")
+    if hasattr(backend, "forward"):  # a compiling backend (JAX) runs the whole step as one program
+        logits, cache.k, cache.v = backend.forward(params, config, idx, cache.k, cache.v, pos0, last_only)
+        cache.pos = pos0 + T
+        return logits
     kv = (cache.k, cache.v)
 
     x = params["wte.weight"][backend.asarray(idx)] + params["wpe.weight"][pos0 : pos0 + T]  # (B,T,C)

@@ -1,0 +1,380 @@
+"""One suite for every backend: each kernel and the whole model, against NumPy and float64.
+
+Parametrised over every backend minillm knows; one that is unavailable here (no library, no
+GPU) is *skipped with the reason*, never silently dropped. ``cupy[numpy]`` is the CuPy backend's
+code path with NumPy standing in for CuPy, so its device-independent logic is tested on any
+machine. Kernel tolerances are the classic float32 rounding-error bounds: a dot product of length
+$n$ computed in any order is within $\\gamma_n \\sum_i |x_i w_i|$ of the exact value,
+$\\gamma_n \\approx n\\,2^{-24}$ (Higham, *Accuracy and Stability of Numerical Algorithms*, §3.1).
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import tracemalloc
+
+import numpy as np
+import pytest
+
+import minillm
+from minillm import backends
+from minillm import kinds as K
+from minillm.backends import BackendUnavailable
+from minillm.backends.cupy_ import CupyBackend
+from minillm.backends.numpy_ import NumpyBackend, WeightCache
+from minillm.compress.lowrank import svd_factorize
+from minillm.compress.prune import magnitude_mask, nm_sparse
+from minillm.compress.quantize import quantize, quantize_params, quantize_weight
+from minillm.nn.gpt import KVCache, forward
+
+EPS32 = float(np.finfo(np.float32).eps) / 2  # unit roundoff of float32, 2^-24
+NAMES = [*backends.names(), "cupy[numpy]"]
+
+
+def get_backend(name: str):
+    if name == "cupy[numpy]":
+        return CupyBackend(xp=np)
+    try:
+        return backends.get(name)
+    except BackendUnavailable as e:
+        pytest.skip(str(e))
+
+
+@pytest.fixture(params=NAMES, scope="module")
+def be(request):
+    return get_backend(request.param)
+
+
+def to_np(be, a) -> np.ndarray:
+    return np.asarray(be.to_numpy(a))
+
+
+# ------------------------------------------------------------------------------------------
+# Weights of every kind, with the magnitude matrix M that bounds the rounding error of x @ W.
+IN, OUT = 128, 96
+RNG = np.random.default_rng(7)
+W_DENSE = (RNG.standard_normal((IN, OUT)) * 0.1).astype(np.float32)
+BIAS = (RNG.standard_normal(OUT) * 0.1).astype(np.float32)
+
+
+def _group_symmetric(w):
+    qt = quantize(w, bits=4, symmetric=True, group_size=32)
+    return K.IntPerGroup(qt.q, qt.scale.astype(np.float32), None, 4, 32)
+
+
+def _masked(w):
+    return K.Masked(w, magnitude_mask(w, 0.5))
+
+
+KINDS = {
+    "dense": lambda w: w,
+    "int8": lambda w: quantize_weight(w, "int8"),
+    "int4-g32": lambda w: quantize_weight(w, "int4-g32"),
+    "int4-g32-symmetric": _group_symmetric,
+    "q8_0": lambda w: quantize_weight(w, "q8_0"),
+    "q4_0": lambda w: quantize_weight(w, "q4_0"),
+    "lowrank": lambda w: K.LowRank(*svd_factorize(w, 16)),
+    "2:4": lambda w: nm_sparse(w, 2, 4),
+    "masked": _masked,
+}
+
+
+def magnitude(w) -> tuple[np.ndarray, int]:
+    """(M, n): |x| @ M bounds the terms of each output's sum of n products (shifts included)."""
+    if isinstance(w, K.LowRank):  # (xA)B: two sums, of r and of `in` terms
+        return np.abs(w.a.astype(np.float64)) @ np.abs(w.b.astype(np.float64)), w.shape[0] + w.rank
+    dense = np.abs(K.as_dense(w).astype(np.float64))
+    if isinstance(w, K.Q4_0):  # the kernel subtracts 8 d sum(x) from sum(x q d)
+        dense = dense + 16 * np.abs(np.repeat(w.d.astype(np.float64), 32, axis=0))
+    if isinstance(w, K.IntPerGroup) and w.zero_point is not None:
+        shift = np.abs(w.scale.astype(np.float64) * w.zero_point)
+        dense = dense + 2 * np.repeat(shift, w.group_size, axis=0)
+    return dense, w.shape[0]
+
+
+# Rows: 1 (decode), 5 (a short prefill), 40 (Numba switches to dequantized tiles + BLAS).
+@pytest.mark.parametrize("rows", [1, 5, 40])
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_linear_every_weight_kind(be, kind, rows):
+    w = KINDS[kind](W_DENSE)
+    x = RNG.standard_normal((rows, IN)).astype(np.float32)
+    got = to_np(be, be.linear(be.asarray(x), be.prepare({"w": w})["w"], be.asarray(BIAS)))
+    exact = x.astype(np.float64) @ K.as_dense(w).astype(np.float64) + BIAS
+    M, n = magnitude(w)
+    bound = (n + 4) * EPS32 * (np.abs(x) @ M + np.abs(BIAS)) + 1e-30
+    assert got.shape == (rows, OUT) and got.dtype == np.float32
+    assert np.all(np.abs(got - exact) <= bound), f"worst error / bound = {np.max(np.abs(got - exact) / bound):.2f}"
+    # and the backend agrees with the reference kernel of the kind itself
+    np.testing.assert_allclose(got, NumpyBackend().linear(x, w, BIAS), rtol=0, atol=2 * bound.max())
+
+
+def test_linear_without_bias_and_unprepared_kind(be):
+    w = quantize_weight(W_DENSE, "q4_0")  # a raw kind, not passed through prepare
+    x = RNG.standard_normal((3, IN)).astype(np.float32)
+    got = to_np(be, be.linear(be.asarray(x), w, None))
+    np.testing.assert_allclose(got, x @ w.dequantize(), rtol=0, atol=1e-5)
+
+
+def test_layer_norm(be):
+    x = (RNG.standard_normal((7, 48)) * 3 + 1).astype(np.float32)
+    g, b = RNG.standard_normal(48).astype(np.float32), RNG.standard_normal(48).astype(np.float32)
+    got = to_np(be, be.layer_norm(be.asarray(x), be.asarray(g), be.asarray(b), 1e-5))
+    x64 = x.astype(np.float64)
+    xhat = (x64 - x64.mean(-1, keepdims=True)) / np.sqrt(x64.var(-1, keepdims=True) + 1e-5)
+    exact = xhat * g + b
+    # x-hat carries a relative error of a few units of roundoff per statistic: bound it by 64 u
+    bound = 64 * EPS32 * (np.abs(xhat) * np.abs(g) + np.abs(b) + 1)
+    assert np.all(np.abs(got - exact) <= bound)
+
+
+def test_gelu(be):
+    x = np.concatenate([np.linspace(-9, 9, 301), RNG.standard_normal(99) * 3]).astype(np.float32).reshape(4, 100)
+    got = to_np(be, be.gelu(be.asarray(x)))
+    x64 = x.astype(np.float64)
+    exact = 0.5 * x64 * (1 + np.tanh(np.sqrt(2 / np.pi) * (x64 + 0.044715 * x64**3)))
+    # tanh is good to a few ulp; 0.5 x (1 + t) then errs by about |x| u: bound 8 u (|x| + |y|)
+    assert np.all(np.abs(got - exact) <= 8 * EPS32 * (np.abs(x64) + np.abs(exact)))
+
+
+def test_softmax(be):
+    x = (RNG.standard_normal((6, 50)) * 4).astype(np.float32)
+    got = to_np(be, be.softmax(be.asarray(x)))
+    z = np.exp(x - x.max(-1, keepdims=True).astype(np.float64))
+    exact = z / z.sum(-1, keepdims=True)
+    assert np.all(np.abs(got - exact) <= (50 + 8) * EPS32 * exact)
+
+
+@pytest.mark.parametrize("T", [1, 5])
+def test_attention_over_the_kv_cache(be, T):
+    """Write T new keys/values after 7 cached ones with the backend's own kv_write, then attend."""
+    B, H, D, S_max, pos0 = 2, 3, 16, 20, 7
+    cache = be.kv_alloc(2, B, H, S_max, D, np.float32)
+    k_all = RNG.standard_normal((B, H, pos0 + T, D)).astype(np.float32)
+    v_all = RNG.standard_normal((B, H, pos0 + T, D)).astype(np.float32)
+    q = RNG.standard_normal((B, H, T, D)).astype(np.float32)
+    cache = be.kv_write(cache, 1, 0, be.asarray(k_all[:, :, :pos0]), be.asarray(v_all[:, :, :pos0]))
+    cache = be.kv_write(cache, 1, pos0, be.asarray(k_all[:, :, pos0:]), be.asarray(v_all[:, :, pos0:]))
+    S = pos0 + T
+    got = to_np(be, be.attention(be.asarray(q), cache[0][1, :, :, :S], cache[1][1, :, :, :S]))
+    np.testing.assert_array_equal(to_np(be, cache[0][1, :, :, :S]), k_all)  # the cache holds them
+    # float64 oracle: query t sits at position pos0 + t and sees keys 0..pos0 + t
+    s = q.astype(np.float64) @ k_all.transpose(0, 1, 3, 2) / np.sqrt(D)
+    s[..., np.arange(S)[None, :] > pos0 + np.arange(T)[:, None]] = -np.inf
+    p = np.exp(s - s.max(-1, keepdims=True))
+    exact = (p / p.sum(-1, keepdims=True)) @ v_all
+    # a convex combination of values whose weights err by (S + D + 8) u relatively
+    assert np.all(np.abs(got - exact) <= (S + D + 8) * EPS32 * np.abs(v_all).max() * 4)
+
+
+def test_lm_head(be):
+    x = RNG.standard_normal((3, 32)).astype(np.float32)
+    wte = RNG.standard_normal((50, 32)).astype(np.float32)
+    got = to_np(be, be.lm_head(be.asarray(x), be.prepare({"w": wte})["w"]))
+    exact = x.astype(np.float64) @ wte.T
+    assert np.all(np.abs(got - exact) <= 36 * EPS32 * (np.abs(x) @ np.abs(wte).T))
+
+
+# ------------------------------------------------------------------------------------------
+# The whole model: logits within 1e-4 of NumPy and identical greedy tokens for 32 steps.
+SMALL = minillm.GPTConfig(vocab_size=96, block_size=64, n_layer=2, n_head=4, n_embd=64)
+
+
+@pytest.fixture(scope="module")
+def small_model():
+    return minillm.GPT(SMALL, seed=5)
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    return minillm.GPT(minillm.GPTConfig.preset("tiny"), seed=1)
+
+
+def compressed(model, kind: str) -> minillm.GPT:
+    if kind == "fp32":
+        return model
+    if kind in ("int8", "q8_0", "q4_0", "int4-g32"):
+        params = quantize_params(model.params, kind)
+    else:
+        params = {k: (KINDS[kind](v) if k.endswith(K.BLOCK_MATMUL_SUFFIXES) else v) for k, v in model.params.items()}
+    return minillm.GPT(model.config, params=params)
+
+
+def test_whole_model_logits_and_greedy_tokens_tiny(be, tiny_model):
+    """The tiny preset (block_size 32): 4 + 32 tokens also slides the context window once."""
+    idx = np.random.default_rng(0).integers(0, 64, (2, 11))
+    np.testing.assert_allclose(tiny_model.forward(idx, backend=be), tiny_model.forward(idx), rtol=0, atol=1e-4)
+    want = minillm.generate(tiny_model, idx[:, :4], 32, temperature=0)
+    np.testing.assert_array_equal(minillm.generate(tiny_model, idx[:, :4], 32, temperature=0, backend=be), want)
+
+
+@pytest.mark.parametrize("kind", ["fp32", "int8", "q8_0", "q4_0", "int4-g32", "lowrank", "2:4", "masked"])
+def test_whole_model_every_weight_kind(be, small_model, kind):
+    model = compressed(small_model, kind)
+    idx = np.random.default_rng(1).integers(0, SMALL.vocab_size, (2, 9))
+    np.testing.assert_allclose(model.forward(idx, backend=be), model.forward(idx), rtol=0, atol=1e-4)
+    if kind in ("fp32", "int8", "q4_0"):  # greedy decoding through the KV cache
+        want = minillm.generate(model, idx[:, :8], 32, temperature=0)
+        np.testing.assert_array_equal(minillm.generate(model, idx[:, :8], 32, temperature=0, backend=be), want)
+
+
+def test_cached_steps_equal_one_prefill(be, small_model):
+    """Prefill 6 tokens, then 5 one-token steps: the same logits as one 11-token forward."""
+    cfg, idx = SMALL, np.random.default_rng(2).integers(0, SMALL.vocab_size, (1, 11))
+    params = be.prepare(small_model.params)
+    cache = KVCache.allocate(cfg, 1, be)
+    parts = [to_np(be, forward(params, cfg, idx[:, :6], cache, be))]
+    for t in range(6, 11):
+        parts.append(to_np(be, forward(params, cfg, idx[:, t : t + 1], cache, be)))
+    assert cache.pos == 11
+    np.testing.assert_allclose(np.concatenate(parts, 1), small_model.forward(idx), rtol=0, atol=1e-4)
+
+
+# ------------------------------------------------------------------------------------------
+# Registry.
+def test_registry_names_and_errors():
+    assert backends.names() == ["numpy", "numba", "cupy", "jax"]
+    assert "numpy" in backends.available()
+    assert set(backends.available()).isdisjoint(backends.unavailable())
+    with pytest.raises(ValueError, match="unknown backend 'tpu'"):
+        backends.get("tpu")
+    with pytest.raises(ValueError, match="takes no option"):
+        backends.get("numpy:bfloat16")
+    with pytest.raises(TypeError, match="backend must be a name"):
+        backends.get(3)
+    be = NumpyBackend()
+    assert backends.get(be) is be
+    with pytest.raises(TypeError, match="weight must be a numpy array or one of minillm.kinds"):
+        be.linear(np.ones((1, 2), np.float32), [[1.0]], None)
+
+
+def test_missing_library_names_the_extra(monkeypatch):
+    real = backends.importlib.import_module
+
+    def fake(name, *a, **kw):
+        if name.endswith("numba_"):
+            raise ModuleNotFoundError("No module named 'numba'", name="numba")
+        return real(name, *a, **kw)
+
+    monkeypatch.setattr(backends.importlib, "import_module", fake)
+    monkeypatch.delitem(backends._CACHE, "numba", raising=False)
+    with pytest.raises(BackendUnavailable, match=r"pip install 'minillm\[numba\]'"):
+        backends.get("numba")
+    assert "numba" in backends.unavailable()
+
+
+def test_cupy_without_a_gpu_says_so():
+    cupy = pytest.importorskip("cupy", reason="cupy-cuda12x is not installed")
+    if cupy.is_available():
+        pytest.skip("a CUDA GPU is present")
+    with pytest.raises(BackendUnavailable, match="no CUDA GPU is present"):
+        backends.get("cupy")
+    assert "cupy" not in backends.available()
+
+
+@pytest.mark.gpu
+def test_cupy_weights_live_on_the_gpu_and_move_once():
+    be = get_backend("cupy")
+    import cupy
+
+    model = compressed(minillm.GPT(SMALL, seed=5), "q4_0")
+    p1, p2 = be.prepare(model.params), be.prepare(model.params)
+    w = p1["h.0.attn.c_attn.weight"]
+    assert isinstance(w.packed, cupy.ndarray) and w.packed.dtype == np.uint8  # codes, not floats
+    assert all(p1[k] is p2[k] for k in p1)  # the second prepare copies nothing
+
+
+# ------------------------------------------------------------------------------------------
+# Backend-specific properties.
+def test_weight_cache_forgets_freed_weights():
+    cache, calls = WeightCache(), []
+    w = np.ones(3)
+    assert cache.get(w, lambda a: calls.append(1) or a * 2) is cache.get(w, lambda a: calls.append(1) or a * 2)
+    assert len(calls) == 1 and len(cache) == 1
+    del w
+    gc.collect()
+    assert len(cache) == 0
+
+
+def test_numba_decode_product_makes_no_float32_copy_of_the_weight():
+    """Fused dequantize-multiply: a one-row product with an int8 (512, 2048) weight allocates far
+    less than the 4 MiB a float32 copy would take (NumPy's reference kernel does allocate it)."""
+    nb = get_backend("numba")
+    w = nb.kernel_weight(quantize_weight(RNG.standard_normal((512, 2048)).astype(np.float32), "q4_0"))
+    x = RNG.standard_normal((1, 512)).astype(np.float32)
+    nb.linear(x, w, None)  # compile outside the measurement
+
+    def peak(fn) -> int:
+        tracemalloc.start()
+        fn()
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        return peak
+
+    dense_bytes = 512 * 2048 * 4
+    kind = quantize_weight(RNG.standard_normal((512, 2048)).astype(np.float32), "q4_0")
+    assert peak(lambda: NumpyBackend().linear(x, kind, None)) >= dense_bytes  # the test can fail
+    assert peak(lambda: nb.linear(x, w, None)) < dense_bytes / 50
+
+
+def test_numba_cache_dir_defaults_when_the_package_is_read_only(monkeypatch, tmp_path):
+    nb = pytest.importorskip("minillm.backends.numba_", reason="numba is not installed")
+    monkeypatch.setattr(nb.os, "access", lambda path, mode: False)
+    assert nb.default_cache_dir(str(tmp_path), {}) == os.path.expanduser("~/.cache/minillm/numba")
+    assert nb.default_cache_dir(str(tmp_path), {"NUMBA_CACHE_DIR": "/x"}) is None  # the user's choice wins
+    monkeypatch.setattr(nb.os, "access", lambda path, mode: True)
+    assert nb.default_cache_dir(str(tmp_path), {}) is None
+
+
+def test_numba_compile_reports_its_time():
+    nb = get_backend("numba")
+    assert nb.compile() >= 0 and nb.compile_s is not None
+
+
+def test_jax_decode_does_not_recompile_per_position(small_model):
+    jb = get_backend("jax")
+    idx = np.random.default_rng(3).integers(0, SMALL.vocab_size, (1, 5))
+    minillm.generate(small_model, idx, 3, temperature=0, backend=jb)  # prefill (T=5) and decode
+    before = jb.compile_cache_size()
+    minillm.generate(small_model, idx, 40, temperature=0, backend=jb)  # 39 more positions
+    assert jb.compile_cache_size() == before
+
+
+def test_jax_cache_buffers_are_donated(small_model):
+    jb = get_backend("jax")
+    cache = KVCache.allocate(SMALL, 1, jb)
+    old_k = cache.k
+    forward(jb.prepare(small_model.params), SMALL, np.array([[1, 2, 3]]), cache, jb)
+    assert old_k.is_deleted() and not cache.k.is_deleted()  # updated in place, not copied
+
+
+def test_jax_bfloat16_is_bfloat16_and_close(small_model):
+    jb = get_backend("jax")
+    bf = backends.get("jax:bfloat16")
+    assert bf.name == "jax:bfloat16" and jb.with_dtype("bfloat16").dtype == bf.dtype
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        jb.with_dtype("float64")
+    idx = np.random.default_rng(4).integers(0, SMALL.vocab_size, (2, 9))
+    ref = small_model.forward(idx)
+    got = small_model.forward(idx, backend=bf)
+    assert got.dtype == np.float32
+    err, scale = np.abs(got - ref).max(), np.abs(ref).max()
+    # bfloat16 keeps 8 significant bits (u = 2^-8): the error is a few u of the logits' scale,
+    # and far above float32's (so the test fails if the option silently computed in float32)
+    assert 2.0**-16 * scale < err < 8 * 2.0**-8 * scale
+
+
+def test_jax_x64_is_off():
+    pytest.importorskip("jax", reason="jax is not installed")
+    import jax
+
+    get_backend("jax")
+    assert not jax.config.jax_enable_x64
+
+
+def test_bench_decode_runs_on_every_backend(be, small_model):
+    from minillm.bench import bench_decode
+
+    res = bench_decode(compressed(small_model, "q8_0"), be, prompt_tokens=4, new_tokens=4, repeat=1)
+    assert res["backend"] == be.name and res["decode_tok_s"] > 0
+
