@@ -283,7 +283,12 @@ def batch_sweep(model: GPT, batch_sizes: Sequence[int] = (1, 2, 4, 8, 16), backe
     Each row: ``batch``, measured ``decode_tok_s`` (all sequences together), ``ms_per_step``
     (the latency every sequence sees per token), ``speedup`` over batch 1, and the roofline
     prediction for the dense float32 model on `device` (``roofline_tok_s``, the decode bound
-    ``memory_bound_tok_s`` $= B\\beta/\\text{bytes per step}$ and ``compute_bound_tok_s``).
+    ``memory_bound_tok_s`` $= B\\beta/\\text{bytes per step}$, ``compute_bound_tok_s``
+    $= \\pi / \\text{FLOPs per token}$, and ``bytes_per_step``, ``flops_per_step``).
+
+    The step's bytes come from `minillm.hw.roofline` (weights once, KV cache and activations
+    per sequence), not from `bench_decode`, whose ``bytes_per_token`` counts one sequence's
+    KV cache whatever the batch.
     """
     from .bench import bench_decode
     from .hw.devices import get_device
@@ -315,8 +320,9 @@ def quantized_speed(model: GPT, methods: Sequence[str] = QUANT_METHODS,
     `minillm.compress.quantize.quantize_params` (``"int8"``, ``"q8_0"``, ``"q4_0"``, ...).
     Each row: ``backend``, ``method``, ``bytes_per_token`` (the stored bytes a decode step must
     read: block weights in their format, the float32 embeddings and LM head, the KV cache),
-    measured ``decode_tok_s`` and ``ms_per_token``, ``speedup`` over fp32 on the same backend,
-    ``bytes_ratio`` (fp32 bytes / these bytes: the most a memory-bound kernel can gain) and
+    measured ``decode_tok_s`` and ``ms_per_token``, ``speedup`` over the first method (fp32 by
+    default) on the same backend, ``bytes_ratio`` (its bytes / these bytes: the most a
+    memory-bound kernel can gain) and
     ``memory_bound_tok_s`` $= \beta / \text{bytes per token}$ with the bandwidth of `device`.
     """
     from . import backends as backends_mod

@@ -78,7 +78,7 @@ def _write_json(path: str | None, obj: Any) -> None:
 def _bandwidth() -> float:
     from .hw.devices import get_device
 
-    return get_device("cpu").bandwidth() / 1e9
+    return get_device("cpu").bandwidth / 1e9
 
 
 # ------------------------------------------------------------------------------------------

@@ -57,7 +57,9 @@ def sample(logits: np.ndarray, rng: np.random.Generator | None, temperature: flo
     logits = np.asarray(logits, dtype=np.float64)
     if temperature == 0:
         return logits.argmax(axis=-1)
-    z = logits / temperature  # (B, V)
+    # Shift by the row max first: z <= 0, so even a vanishing temperature gives -inf, never inf - inf.
+    with np.errstate(over="ignore"):
+        z = (logits - logits.max(axis=-1, keepdims=True)) / temperature  # (B, V)
     if top_k is not None and top_k < z.shape[-1]:
         kth = np.partition(z, -top_k, axis=-1)[:, -top_k, None]  # (B, 1) the k-th largest
         z = np.where(z < kth, -np.inf, z)

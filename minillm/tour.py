@@ -87,7 +87,7 @@ def run_tour(json_path: str | None = None, out_dir: str | None = "tour-out", bac
     for b in names:
         backends_mod.get(b)  # fail early, naming the extra to install
     cpu = get_device("cpu")
-    bandwidth = cpu.bandwidth() / 1e9
+    bandwidth = cpu.bandwidth / 1e9
     cache: dict[str, GPT] = {}
     teacher, _ = build_variant("fp32", cache)
     tok = teacher.tokenizer
@@ -104,7 +104,12 @@ def run_tour(json_path: str | None = None, out_dir: str | None = "tour-out", bac
     rows: list[dict[str, Any]] = []
     bar = tqdm(total=len(variants) * (1 + len(names)), desc="tour", disable=not progress)
     for name in variants:
-        model, note = build_variant(name, cache)
+        try:
+            model, note = build_variant(name, cache)
+        except FileNotFoundError as e:  # a shipped model deleted or not yet trained
+            bar.write(f"skipping {name}: {e}")
+            bar.update(1 + len(names))
+            continue
         bar.set_postfix_str(f"{name}: eval")
         val = evaluate(model, val_ids)["loss"]
         bar.update(1)

@@ -253,6 +253,10 @@ def load_checkpoint(path: str | Path) -> tuple[TrainState, GPTConfig, TrainConfi
     for k, a in tensors.items():
         if not np.isfinite(a).all():
             raise CheckpointError(f"{path}: tensor {k!r} holds non-finite values (NaN or inf)")
+    known = {"step", "adam_t", "rng", "model_config", "train_config", "history", "ema", "extra", "sha256"}
+    if set(meta) - known:
+        raise CheckpointError(f"{path}: unexpected metadata field(s) {sorted(set(meta) - known)}; "
+                              f"allowed: {sorted(known)}")
     field_ = "?"
     try:
         field_ = "sha256"  # absent from checkpoints written before it was introduced

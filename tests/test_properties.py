@@ -208,8 +208,8 @@ def test_prefill_in_random_chunks_equals_one_pass(cfg, seed, chunks):
 
 
 @settings(max_examples=25, deadline=None)
-@given(configs, st.integers(0, 2**16), st.integers(1, 24), st.integers(1, 40),
-       st.floats(0.3, 2.0), st.one_of(st.none(), st.integers(1, 6)), st.one_of(st.none(), st.floats(0.2, 1.0)))  # fmt: skip
+@given(configs, st.integers(0, 2**16), st.integers(1, 24), st.integers(1, 40), st.floats(0.3, 2.0),
+       st.one_of(st.none(), st.integers(1, 6)), st.one_of(st.none(), st.floats(0.2, 1.0)))  # fmt: skip
 def test_sampled_stream_draws_the_tokens_of_an_uncached_sampler(cfg, seed, prompt_len, n, temp, top_k, top_p):
     model = sharp_model(cfg, seed)
     prompt = np.random.default_rng(seed + 1).integers(0, cfg.vocab_size, (1, prompt_len))

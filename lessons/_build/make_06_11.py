@@ -846,12 +846,13 @@ axes[0].set_xlabel("w")
 axes[0].set_ylabel("approximation - w")
 axes[0].set_title(f"errors in column {o}: shrinkage is biased, rounding is not")
 axes[0].legend()
-order = np.argsort(W[:, o])
-axes[1].step(W[order, o], int8[order, o], where="mid", label="int8: a staircase (grid)")
-axes[1].plot(W[order, o], soft[order, o], label="soft-threshold: a shifted line")
-axes[1].set_xlabel("w")
+grid = np.linspace(-5 * step[o], 5 * step[o], 2001)  # a zoom on +-5 int8 steps around 0
+axes[1].plot(grid, np.round(grid / step[o]) * step[o], label="int8: a staircase (a grid)")
+axes[1].plot(grid, claims.soft_threshold(grid, step[o] / 2), label="soft-threshold: shifted lines")
+axes[1].plot(grid, grid, "k:", lw=0.8, label="identity")
+axes[1].set_xlabel("w (zoom: +-5 int8 steps)")
 axes[1].set_ylabel("stored value")
-axes[1].legend()
+axes[1].legend(fontsize=8)
 plt.show()
 """),
     md(r"""
@@ -985,15 +986,16 @@ A memory-bound decode step can gain at most the ratio of bytes it reads,
 $\text{bytes}_{\text{fp32}} / \text{bytes}_q$ — and only with a kernel that multiplies by the stored codes.
 A kernel that first dequantizes to float32 reads the codes, writes a float32 copy and reads it
 back: more traffic than the float32 model. We measure four formats on every backend available
-here, on four layers of GPT-2's width ($C = 768$: each MLP matrix is 9.4 MB in float32, larger
+here (NumPy and Numba; JAX in lesson 08), on four layers of GPT-2's width ($C = 768$: each MLP matrix is 9.4 MB in float32, larger
 than the caches) with a 96-symbol vocabulary, so that the block weights, which quantization
 compresses, dominate the bytes.
 """),
     code(r"""
-print("backends available here:", backends.available())
+cpu_backends = [b for b in backends.available() if b in ("numpy", "numba")]  # JAX: lesson 08
+print("backends measured:", cpu_backends)
 wide = minillm.GPT(minillm.GPTConfig.preset("gpt2", n_layer=4, vocab_size=96), seed=0)
-rows = claims.quantized_speed(wide, ("fp32", "int8", "q8_0", "q4_0"), prompt_tokens=8, new_tokens=12,
-                              repeat=2)
+rows = claims.quantized_speed(wide, ("fp32", "int8", "q8_0", "q4_0"), backends=cpu_backends,
+                              prompt_tokens=8, new_tokens=12, repeat=2)
 print(f"{'backend':8s} {'format':6s} {'MB/token':>9s} {'tokens/s':>9s} {'speed-up':>9s} "
       f"{'bytes ratio':>12s} {'memory bound':>13s}")
 for r in rows:
@@ -1047,6 +1049,436 @@ for alpha in (0.5, 0.1):
    compute-bound on this CPU; then extend `batch_sweep` to that batch and compare.
 4. (e) Which backend comes closest to its bytes-ratio bound, and what would a kernel have to do
    to reach it?
+"""),
+]
+
+# ------------------------------------------------------------------------------------------
+NOTEBOOKS["10_parallelism"] = [
+    md(r"""
+# 10 · Parallelism: data, tensor and pipeline
+
+One device is not always enough: the weights may not fit, or one device may be too slow. There
+are three basic ways to spread a model over $n$ devices:
+
+- **data parallel**: every device holds all the weights and takes $1/n$ of the batch;
+- **tensor parallel**: every device holds $1/n$ of every weight matrix, and the devices
+  exchange partial results (an *all-reduce*) twice per block;
+- **pipeline parallel**: every device holds $1/n$ of the *layers*, and micro-batches flow from
+  device to device.
+
+We try the first two for real with JAX on 8 emulated CPU devices (`minillm.backends.parallel`),
+simulate the third, and finish with the cheapest parallelism of all — batching several
+sequences on one device — measured against the roofline.
+
+JAX decides how many CPU devices to emulate when it is first imported, so the flag must be set
+before anything imports it:
+"""),
+    code(r"""
+import os
+
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"  # before JAX is imported
+
+import jax
+import matplotlib.pyplot as plt
+import numpy as np
+
+import minillm
+from minillm import claims
+from minillm.backends import parallel
+from minillm.nn import functional as F
+
+print(f"JAX sees {jax.device_count()} devices: {jax.devices()}")
+rng = np.random.default_rng(0)
+teacher = minillm.load("teacher")
+cfg = teacher.config
+print(teacher)
+"""),
+    md(r"""
+## Data parallelism
+
+Split the batch of $B$ sequences into $n$ pieces; device $s$ runs the full model on piece $s$.
+Nothing is exchanged during inference (training adds one all-reduce of the gradients per step).
+The NumPy simulation runs the pieces one after another; the JAX backend
+`parallel.data_parallel_backend(mesh)` places the batch and the KV cache split over the mesh's
+`"data"` axis and the weights replicated, and `minillm.generate` runs on it unchanged.
+"""),
+    code(r"""
+prompts = np.array([teacher.tokenizer.encode(s) for s in
+                    ["ROMEO:\nOh", "JULIET:\nA", "HAMLET:\nT", "KING:\nWha"]])  # (4, 9)
+ref = teacher.forward(prompts)
+sim = parallel.data_parallel_forward_numpy(teacher.params, cfg, prompts, n_shards=4)
+print(f"NumPy simulation, 4 shards: max |logits - single device| = {np.abs(sim - ref).max():.1e}")
+
+mesh = parallel.make_mesh(data=4, model=1)
+dp = parallel.data_parallel_backend(mesh)
+k, _ = dp.kv_alloc(cfg.n_layer, 4, cfg.n_head, cfg.block_size, cfg.head_size)
+for shard in k.addressable_shards:
+    print(f"  KV cache piece on {shard.device}: shape {shard.data.shape} (L, B/4, H, T, D)")
+out_dp = minillm.generate(teacher, prompts, 24, temperature=0, backend=dp)
+out_np = minillm.generate(teacher, prompts, 24, temperature=0)
+print("greedy tokens identical to NumPy on one device:", np.array_equal(out_dp, out_np))
+for row in out_dp[:2]:
+    print(repr(teacher.tokenizer.decode(row.tolist())))
+"""),
+    md(r"""
+## Tensor parallelism
+
+Megatron-LM (Shoeybi et al. 2019) splits the MLP's first weight by **columns** and its second by
+**rows**. GELU acts on each column separately, so each device can finish its own columns, and
+one sum combines the devices' outputs:
+
+$$\mathrm{gelu}(h W_1)\, W_2 = \sum_{s=1}^{n} \mathrm{gelu}\big(h W_1^{(s)}\big)\, W_2^{(s)}.$$
+
+Attention splits the same way by heads. First the identity itself, on the teacher's first MLP:
+"""),
+    code(r"""
+h = rng.normal(size=(5, cfg.n_embd)).astype(np.float32)  # 5 rows of activations
+W1, b1 = teacher.params["h.0.mlp.c_fc.weight"], teacher.params["h.0.mlp.c_fc.bias"]
+W2 = teacher.params["h.0.mlp.c_proj.weight"]
+full = F.gelu(h @ W1 + b1)[0] @ W2  # (5, C)
+n = 4
+cols = np.split(np.arange(W1.shape[1]), n)  # each device: a quarter of the 4C hidden columns
+parts = [F.gelu(h @ W1[:, c] + b1[c])[0] @ W2[c] for c in cols]
+print(f"sum of {n} partial products vs the full MLP: max |difference| = {np.abs(sum(parts) - full).max():.1e}")
+print(f"each device holds {W1[:, cols[0]].shape} of W1 and {W2[cols[0]].shape} of W2")
+
+shards = parallel.shard_params(teacher.params, cfg, n)
+for name, w in shards[0].items():
+    if name.startswith("h.0.") and name.endswith("weight"):
+        print(f"  shard 0 {name:24s} {str(w.shape):12s} (full {teacher.params[name].shape})")
+"""),
+    md(r"""
+The whole forward pass with split weights: the NumPy simulation loops over the shards and sums
+(we count the all-reduces), and the JAX version runs each shard on its own device with
+`jax.shard_map`, the sum being `lax.psum` over the mesh's `"model"` axis. A $(2, 4)$ mesh uses all
+8 devices: the batch split in 2, every weight in 4.
+"""),
+    code(r"""
+calls = []
+
+def counting_sum(partials):
+    calls.append(partials[0].shape)
+    return sum(partials)
+
+sim = parallel.tensor_parallel_forward_numpy(teacher.params, cfg, prompts, n, all_reduce=counting_sum)
+print(f"NumPy simulation: {len(calls)} all-reduces for {cfg.n_layer} layers, each of a {calls[0]} "
+      f"activation; max |logits - single device| = {np.abs(sim - ref).max():.1e}")
+mesh = parallel.make_mesh(data=2, model=4)
+tp = parallel.tensor_parallel_forward(teacher.params, cfg, prompts, mesh)
+print(f"JAX on a {dict(mesh.shape)} mesh: max |logits - single device| = {np.abs(tp - ref).max():.1e}")
+tokens = parallel.tensor_parallel_generate(teacher.params, cfg, prompts, 12, mesh)
+print("greedy tokens identical:", np.array_equal(tokens, minillm.generate(teacher, prompts, 12, temperature=0)))
+"""),
+    md(r"""
+### Is it worth it? Communication against computation
+
+Per block and per token, the matmuls cost $24C^2$ FLOPs, split over $n$ devices; the two
+all-reduces move a $C$-vector each. A ring all-reduce sends and receives $2\frac{n-1}{n}$ times the
+data per device. With peak $\pi$ per device, link bandwidth $\beta_{\text{link}}$ and $a$ bytes per
+value:
+
+$$t_{\text{compute}} = \frac{24 C^2}{n\pi}, \qquad
+  t_{\text{comm}} = 2 \cdot 2\frac{n-1}{n}\cdot\frac{C a}{\beta_{\text{link}}}, \qquad
+  \frac{t_{\text{comm}}}{t_{\text{compute}}} = \frac{(n-1)\, a}{6C} \cdot \frac{\pi}{\beta_{\text{link}}}.$$
+
+The ratio does not depend on the batch, grows linearly with $n$ and shrinks with the width $C$:
+tensor parallelism suits wide models on devices with fast links. And even with perfect overlap
+a block takes $\max(t_{\text{compute}}, t_{\text{comm}})$, never less (lesson 11, claim (b)). Below,
+for $\pi/\beta_{\text{link}} = 2000$ FLOP/byte (the order of a modern GPU's 16-bit peak over its
+fastest link) and $a = 2$:
+"""),
+    code(r"""
+ratio_pi_beta, a = 2000.0, 2
+ns = np.array([1, 2, 4, 8, 16, 32, 64])
+fig, ax = plt.subplots(figsize=(6.5, 3.8))
+for C in (768, 4096, 12288):
+    ratio = (ns - 1) * a / (6 * C) * ratio_pi_beta
+    ax.plot(ns, ratio, "o-", label=f"C = {C}")
+    print(f"C = {C:5d}: communication = computation at n = {1 + 6 * C / (a * ratio_pi_beta):.0f} devices")
+ax.axhline(1, color="black", lw=0.8)
+ax.set_xscale("log", base=2)
+ax.set_yscale("log")
+ax.set_xlabel("devices n")
+ax.set_ylabel("t_comm / t_compute")
+ax.legend()
+plt.show()
+"""),
+    md(r"""
+## Pipeline parallelism
+
+Give device $s$ the layers $sL/S \ldots (s+1)L/S - 1$. A batch must pass through the devices in
+order, so with one batch only one device works at a time. GPipe (Huang et al. 2019) cuts the
+batch into $m$ micro-batches that follow each other through the pipeline. Micro-batch $j$ starts
+on device $s$ when it has left device $s-1$ and device $s$ is free — the flow-shop recurrence
+$e_{s,j} = \max(e_{s-1,j}, e_{s,j-1}) + d_{s,j}$ of `claims.flow_shop`. With equal stage times
+$\tau$ it takes $(S + m - 1)\tau$, and each device idles for the **bubble** fraction
+
+$$\frac{S - 1}{m + S - 1}.$$
+"""),
+    code(r"""
+S = 4
+fig, axes = plt.subplots(3, 1, figsize=(9, 6.5), sharex=True)
+for ax, m in zip(axes, (1, 4, 8)):
+    sched = claims.flow_shop(np.ones((S, m)) * 8 / m)  # the same total work, cut in m pieces
+    claims.gantt(sched, [f"device {s}" for s in range(S)], ax=ax,
+                 title=f"m = {m} micro-batches: makespan {sched.makespan:g}, "
+                       f"bubble {1 - sched.busy_fraction[0]:.1%} (formula {(S - 1) / (m + S - 1):.1%})")
+plt.tight_layout()
+plt.show()
+
+# Unequal stages: the slowest one sets the pace.
+d = np.array([1.0, 1.5, 1.0, 1.0])[:, None] * np.ones((S, 16))
+sched = claims.flow_shop(d)
+print(f"stage times {d[:, 0].tolist()}, 16 micro-batches: makespan {sched.makespan:g} = "
+      f"sum of stages + 15 x slowest = {d[:, 0].sum() + 15 * d[:, 0].max():g}; "
+      f"busy fractions {np.round(sched.busy_fraction, 3).tolist()}")
+"""),
+    md(r"""
+## Batching on one device
+
+The cheapest parallelism: decode $B$ sequences together on one device. A decode step reads all
+$W$ bytes of weights once, whatever $B$, plus $X$ bytes per sequence (its KV cache and
+activations), and does $F$ FLOPs per token, so
+
+$$\text{tokens/s}(B) \le \min\left(\frac{B\,\beta}{W + B X},\ \frac{\pi}{F}\right).$$
+
+While memory-bound, throughput grows almost linearly with $B$; the compute roof caps it; and
+every sequence waits for the whole step. `claims.batch_sweep` measures the teacher (NumPy
+backend) at $B$ = 1 … 16 next to the roofline of this CPU. `roofline_tok_s` is the roofline
+model's prediction summing each op's own bound.
+"""),
+    code(r"""
+rows = claims.batch_sweep(teacher, (1, 2, 4, 8, 16), prompt_tokens=16, new_tokens=24, repeat=3)
+print(f"{'B':>3s} {'tokens/s':>9s} {'x batch 1':>10s} {'ms/step':>8s} {'roofline':>9s} {'memory':>9s} {'compute':>9s}")
+for r in rows:
+    print(f"{r['batch']:3d} {r['decode_tok_s']:9.0f} {r['speedup']:9.2f}x {r['ms_per_step']:8.2f} "
+          f"{r['roofline_tok_s']:9.0f} {r['memory_bound_tok_s']:9.0f} {r['compute_bound_tok_s']:9.0f}")
+B = np.array([r["batch"] for r in rows])
+fig, axes = plt.subplots(1, 2, figsize=(12, 3.8))
+ax = axes[0]
+ax.loglog(B, [r["decode_tok_s"] for r in rows], "o-", base=2, label="measured (NumPy)")
+ax.loglog(B, [r["roofline_tok_s"] for r in rows], "s--", base=2, label="roofline prediction")
+ax.loglog(B, [r["compute_bound_tok_s"] for r in rows], ":", base=2, label="compute roof")
+ax.loglog(B, rows[0]["decode_tok_s"] * B, "k:", base=2, lw=0.8, label="B x batch 1")
+ax.set_xlabel("batch B")
+ax.set_ylabel("tokens/s, all sequences")
+ax.legend(fontsize=8)
+axes[1].plot(B, [r["ms_per_step"] for r in rows], "o-")
+axes[1].set_xlabel("batch B")
+axes[1].set_ylabel("ms per token (each sequence)")
+plt.show()
+print(f"measured speed-up at B = {B[-1]}: {rows[-1]['speedup']:.1f}x; latency per token x"
+      f"{rows[-1]['ms_per_step'] / rows[0]['ms_per_step']:.1f}; measured / roofline at B = 1: "
+      f"{rows[0]['decode_tok_s'] / rows[0]['roofline_tok_s']:.0%}")
+"""),
+    md(r"""
+The measured curve sits below the roofline: at this model size a decode step costs about a
+hundred small NumPy calls whose fixed overhead does not depend on $B$ — which is exactly why
+batching helps *more* here than the memory bound alone predicts, until the work per call
+becomes large.
+
+## Exercises
+
+1. Data parallelism needs the batch to divide evenly. What does `data_parallel_backend` do with
+   $B = 6$ on 4 devices, and how would you serve 6 sequences anyway?
+2. Count the bytes each device receives in one tensor-parallel forward of the teacher on 4
+   devices with a prompt of 9 tokens (use the all-reduce count printed above). How does it scale
+   with the prompt length?
+3. In the pipeline simulation, give the stages the real per-layer-group cost of the teacher
+   (`minillm.hw.roofline_report(..., phase="prefill")` op times, summed per layer) and find the
+   number of micro-batches that brings the bubble below 10%.
+"""),
+]
+
+# ------------------------------------------------------------------------------------------
+NOTEBOOKS["08_backends"] = [
+    md(r"""
+# 08 · Backends: one forward pass, several engines
+
+The GPT forward pass in `minillm.nn.gpt.forward` is written once, against a *backend*: an array
+namespace `xp` and a handful of kernels — `linear(x, W, b)`, `layer_norm`, `gelu`, `attention`,
+`lm_head` and the KV cache's `kv_alloc` / `kv_write`. Swapping the backend swaps the engine:
+
+| backend | what it is | why |
+|---|---|---|
+| `numpy` | the reference kernels | the living definition every other backend is tested against |
+| `numba` | compiled CPU kernels | **fused** dequantize-and-multiply: reads the stored codes, never a float32 copy |
+| `jax` | the whole step compiled by XLA | one call per token instead of a hundred; CPU, GPU or TPU |
+| `cupy` | the NumPy kernels on an NVIDIA GPU | the same code with `xp = cupy` |
+
+This lesson checks that they agree, measures how fast they decode, looks inside the fused
+kernel, and explains what CuPy does on a GPU.
+"""),
+    code(r"""
+import time
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+import minillm
+from minillm import backends
+from minillm.bench import bench_decode
+from minillm.compress.quantize import quantize_params, quantize_weight
+
+rng = np.random.default_rng(0)
+teacher = minillm.load("teacher")
+cfg = teacher.config
+names = backends.available()
+print("known backends:    ", backends.names())
+print("available here:    ", names)
+for name, why in backends.unavailable().items():
+    print(f"unavailable {name!r}: {why}")
+if "numba" in names:
+    t = time.perf_counter()
+    backends.get("numba").compile()  # compile every kernel (or load them from the on-disk cache)
+    print(f"numba kernels ready in {time.perf_counter() - t:.1f} s")
+"""),
+    md(r"""
+## Do they agree?
+
+Every backend computes the same function in float32, but not in the same order: BLAS, Numba's
+loops and XLA each sum in their own order, and float addition is not associative. So logits
+agree to about $10^{-5}$ relative, not bit for bit — and greedy decoding, which only compares
+logits, should give the same tokens unless two candidates are closer than that. We also try
+JAX in bfloat16 (`"jax:bfloat16"`): 8 bits of mantissa, so visibly different logits.
+"""),
+    code(r"""
+prompt = np.array([teacher.tokenizer.encode("KING RICHARD III:\nNow is the winter of our")])
+ref_logits = teacher.forward(prompt)  # numpy, (1, T, V)
+ref_tokens = minillm.generate(teacher, prompt, 60, temperature=0)
+extra = ["jax:bfloat16"] if "jax" in names else []
+for name in names + extra:
+    logits = teacher.forward(prompt, backend=name)
+    tokens = minillm.generate(teacher, prompt, 60, temperature=0, backend=name)
+    rel = np.abs(logits - ref_logits).max() / np.abs(ref_logits).max()
+    same = int((tokens[0, prompt.shape[1]:] == ref_tokens[0, prompt.shape[1]:]).sum())
+    print(f"{name:13s} max |logits - numpy| / max |logits| = {rel:.1e};  greedy tokens equal to numpy: {same}/60")
+print(repr(teacher.tokenizer.decode(ref_tokens[0].tolist())))
+"""),
+    md(r"""
+## How fast do they decode?
+
+`bench_decode` times greedy decoding through the KV cache, best of 3 runs after a warm-up run
+(which includes JIT compilation: reported separately as `warmup_s`). We measure the teacher
+(7 MB of weights) and a *slice* of GPT-2: two blocks of its width ($C = 768$) with a small
+vocabulary, in float32 and Q8_0. On this shared 2-core machine, compare backends with each
+other rather than trusting absolute numbers.
+"""),
+    code(r"""
+slice_fp32 = minillm.GPT(minillm.GPTConfig.preset("gpt2", n_layer=2, vocab_size=96), seed=0)
+slice_q8 = minillm.GPT(slice_fp32.config, params=quantize_params(slice_fp32.params, "q8_0"))
+models = {"teacher fp32": teacher, "GPT-2 slice fp32": slice_fp32, "GPT-2 slice q8_0": slice_q8}
+speed = {}
+print(f"{'model':18s} {'backend':8s} {'MB/token':>9s} {'tokens/s':>9s} {'ms/token':>9s} {'GB/s':>6s} {'warm-up s':>10s}")
+for label, model in models.items():
+    for name in names:
+        r = bench_decode(model, backend=name, prompt_tokens=8, new_tokens=24, repeat=3)
+        speed[label, name] = r["decode_tok_s"]
+        print(f"{label:18s} {name:8s} {r['bytes_per_token'] / 1e6:9.2f} {r['decode_tok_s']:9.1f} "
+              f"{r['decode_ms_per_token']:9.3f} {r['achieved_gb_s']:6.2f} {r['warmup_s']:10.2f}")
+
+fig, ax = plt.subplots(figsize=(8, 3.6))
+width = 0.8 / len(names)
+for k, name in enumerate(names):
+    ax.bar(np.arange(len(models)) + k * width, [speed[label, name] for label in models], width, label=name)
+ax.set_xticks(np.arange(len(models)) + 0.4 - width / 2, list(models))
+ax.set_yscale("log")
+ax.set_ylabel("decode tokens/s (batch 1)")
+ax.legend()
+plt.show()
+"""),
+    md(r"""
+## Inside the fused kernel
+
+Q8_0 stores a weight column in blocks of 32 inputs: 32 int8 codes $q$ and one float16 scale
+$d$ per block. NumPy must build the float32 matrix before it can call BLAS: it reads the codes
+($mn$ bytes), writes $4mn$ bytes of float32, and reads them back — about $9mn$ bytes, more than
+the $4mn$ of the float32 weight it replaces. The Numba kernel never builds it. Because the scale is
+constant within a block, it factors out of the block's sum:
+
+$$(xW)_o = \sum_{g} d_{go} \sum_{i \in g} x_i\, q_{io},$$
+
+so the inner loop runs on the int8 codes and the whole product reads $\frac{34}{32}mn$ bytes. For
+one row $x$ (a decode step) the work is memory-bound, so bytes are time. On one GPT-2 MLP weight
+($768 \times 3072$):
+"""),
+    code(r"""
+W = rng.normal(0, 0.02, size=(768, 3072)).astype(np.float32)
+kind = quantize_weight(W, "q8_0")  # a minillm.kinds.Q8_0
+x = rng.normal(size=(1, 768)).astype(np.float32)
+exact = x @ kind.dequantize()
+
+def best_ms(fn, repeat=20):
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return 1e3 * min(times)
+
+m, n = W.shape
+cases = {"float32 dense, x @ W": (lambda: x @ W, 4 * m * n, x @ W),
+         "q8_0, numpy (dequantize, then BLAS)": (lambda: backends.get("numpy").linear(x, kind, None),
+                                                 m * n + 8 * m * n, None)}
+if "numba" in names:
+    nb = backends.get("numba")
+    kw = nb.kernel_weight(kind)  # converted once, like prepare() does for a whole model
+    cases["q8_0, numba (fused)"] = (lambda: nb.linear(x, kw, None), kind.nbytes, None)
+for label, (fn, nbytes, _) in cases.items():
+    out = fn()
+    err = np.abs(out - (x @ W if label.startswith("float32") else exact)).max()
+    ms = best_ms(fn)
+    print(f"{label:38s} {ms:7.3f} ms   {nbytes / 1e6:6.2f} MB moved -> {nbytes / ms / 1e6:6.2f} GB/s   "
+          f"max |error| {err:.1e}")
+"""),
+    md(r"""
+The dense product is the baseline to beat. Whether the fused kernel beats it on *this* machine
+depends on how well the compiled loop streams memory compared with a tuned BLAS, and on what
+else the two shared cores are doing — which is why every speed claim in these lessons is a
+measurement printed by code, never a number typed in the text.
+
+## CuPy: the same kernels on a GPU
+
+`CupyBackend` is `ArrayBackend(xp)` with `xp = cupy`: the NumPy kernels written against an array
+namespace, so `x @ W`, `xp.exp`, `xp.where` run as CUDA kernels on device arrays. `prepare()`
+copies every weight to GPU memory once, in its stored form (int8 codes, packed nibbles, float16
+scales), cached per weight object so later `generate` calls copy nothing. A quantized weight is
+dequantized on the GPU by elementwise array operations just before its product — which writes
+the dequantized tile to device memory and reads it back; a fused CUDA kernel (what the Numba
+backend does on the CPU) would save that traffic. On a machine without a GPU the backend is
+unavailable, with a message that says why:
+"""),
+    code(r"""
+try:
+    gpu = backends.get("cupy")
+    logits = teacher.forward(prompt, backend=gpu)
+    print(f"CuPy on {gpu}: max |logits - numpy| = {np.abs(logits - ref_logits).max():.1e}")
+except backends.BackendUnavailable as e:
+    print(f"BackendUnavailable: {e}")
+"""),
+    md(r"""
+Because the kernels are written against `xp`, the very same code path runs with NumPy standing
+in for CuPy (`CupyBackend(xp=numpy)`), which is how it is tested on machines without a GPU:
+"""),
+    code(r"""
+from minillm.backends.cupy_ import CupyBackend
+
+double = CupyBackend(xp=np)
+for label, model in (("fp32", teacher), ("q8_0", minillm.GPT(cfg, params=quantize_params(teacher.params, "q8_0")))):
+    a = model.forward(prompt, backend=double)
+    b = model.forward(prompt)
+    print(f"{double.name} {label}: max |logits - numpy backend| = {np.abs(a - b).max():.1e}")
+"""),
+    md(r"""
+## Exercises
+
+1. Add a backend: subclass `minillm.backends.numpy_.NumpyBackend`, override `gelu` with the
+   exact erf-based GELU, and measure how much the teacher's logits and greedy tokens change.
+2. The JAX backend compiles one step per (batch, tokens, attention length) shape. From the
+   `warmup_s` column, estimate its compile time, and count compiled variants with
+   `backends.get("jax").compile_cache_size()` after generating 200 tokens.
+3. Repeat the fused-kernel measurement with Q4_0 (`quantize_weight(W, "q4_0")`). How many bytes
+   does each path move now, and does the time follow?
 """),
 ]
 
