@@ -73,6 +73,7 @@ def render_training_logs(logs: dict[str, dict[str, Any]] | None = None) -> str:
         val_s = "" if val is None else f"{val:.4f}"
         wall_s = "" if wall is None else f"{wall / 60:.1f} min"
         out.append(f"| `{name}` | `{log.get('command', '')}` | {steps} | {val_s} | {wall_s} |")
+    out += [f"\n*{name}*: {log['note']}" for name, log in logs.items() if log.get("note")]
     for name, log in logs.items():
         hist = log.get("history") or []
         if not hist:
