@@ -26,7 +26,8 @@ from .io import WEIGHTS_DIR
 ROOT = Path(__file__).resolve().parent.parent
 TOUR_JSON = ROOT / "docs" / "results" / "tour.json"
 TRADEOFFS_JSON = ROOT / "docs" / "results" / "tradeoffs.json"
-MODELS = ["teacher", "student-scratch", "student-distilled", "teacher-prune50", "teacher-2of4", "teacher-lowrank50"]
+MODELS = ["teacher", "student-scratch", "student-distilled", "teacher-prune50", "teacher-2of4", "teacher-lowrank50",
+          "teacher-ft400"]
 
 
 def _marked(text: str, name: str) -> re.Match | None:

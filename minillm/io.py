@@ -71,7 +71,8 @@ __all__ = [
 
 FORMAT_VERSION = 1
 SHIPPED_MODELS = ("teacher", "student-scratch", "student-distilled",  # trained
-                  "teacher-prune50", "teacher-2of4", "teacher-lowrank50")  # fine-tuned after compression
+                  "teacher-prune50", "teacher-2of4", "teacher-lowrank50",  # fine-tuned after compression
+                  "teacher-ft400")  # the control: dense, fine-tuned the same 400 steps
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 
 WEIGHTS_FILE, CONFIG_FILE, TOKENIZER_FILE = "model.safetensors", "config.json", "tokenizer.json"

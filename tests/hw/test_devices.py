@@ -1,7 +1,6 @@
 """Device table, lookup, roofline helpers and the cached CPU micro-benchmark."""
 
 import json
-import time
 
 import numpy as np
 import pytest
@@ -54,9 +53,7 @@ def test_peak_and_attainable():
 
 
 def test_cpu_spec_measures_once_and_caches(cache_dir, monkeypatch):
-    t0 = time.perf_counter()
-    cpu = cpu_spec(measure=True)
-    assert time.perf_counter() - t0 < 2.0
+    cpu = cpu_spec(measure=True)  # (no timing assertion: machines are shared and noisy)
     assert cpu.measured and cpu.name == "cpu"
     assert 1e8 < cpu.bandwidth < 1e13 and 1e8 < cpu.peak("fp32") < 1e14
     data = json.loads((cache_dir / "devices.json").read_text())
