@@ -79,14 +79,14 @@ def run_tour(json_path: str | None = None, out_dir: str | None = "tour-out", bac
 
     from . import data
     from .generate import generate
-    from .hw.devices import get_device
+    from .hw.devices import cpu_spec
     from .train import evaluate
 
     t_start = time.time()
     names = backends or backends_mod.available()
     for b in names:
         backends_mod.get(b)  # fail early, naming the extra to install
-    cpu = get_device("cpu")
+    cpu = cpu_spec(measure=True, refresh=True)  # a tour is a measurement: measure this machine now
     bandwidth = cpu.bandwidth / 1e9
     cache: dict[str, GPT] = {}
     teacher, _ = build_variant("fp32", cache)
@@ -94,7 +94,8 @@ def run_tour(json_path: str | None = None, out_dir: str | None = "tour-out", bac
     val_ids = data.encode_split("val", tok)[: (VAL_TOKENS_QUICK if quick else VAL_TOKENS) + 1]
 
     print_fn("== minillm tour")
-    print_fn(f"machine: {cpu.name}; measured memory bandwidth {bandwidth:.1f} GB/s; backends: {', '.join(names)}")
+    print_fn(f"this CPU: measured memory bandwidth {bandwidth:.1f} GB/s, float32 matmul "
+             f"{cpu.peak('fp32') / 1e9:.0f} GFLOP/s; backends: {', '.join(names)}")
     prompt = "ROMEO:\n"
     out = generate(teacher, [tok.encode(prompt)], 160, temperature=0.8, top_k=40, seed=0)
     print_fn("\n-- the teacher writes (temperature 0.8, top-k 40, seed 0):\n" + tok.decode(out[0].tolist()) + "\n")

@@ -12,6 +12,7 @@ from minillm.bench import decode_bytes_per_token
 from minillm.compress import distill
 from minillm.compress.prune import magnitude_mask
 from minillm.compress.quantize import quantize_params
+from minillm.hw.devices import Device
 from minillm.hw.roofline import roofline_report
 from minillm.kinds import block_matmul_names
 from minillm.nn.gpt import init_params
@@ -197,6 +198,12 @@ def test_quant_bytes_per_token():
     for method, b in per_weight.items():
         q = minillm.GPT(cfg, params=quantize_params(model.params, method))
         assert decode_bytes_per_token(q, context) == b * n_block + 4 * n_other + kv + rows
+    # tokens/s_q <= beta / bytes_q, as quantized_speed reports it (prompt 6 + 8 new: context 10)
+    dev = Device("fake", "a fake device", {"fp32": 1e12}, mem_bandwidth=5e10, mem_bytes=None, source="test")
+    got = C.quantized_speed(model, ("fp32", "q4_0"), backends=["numpy"], prompt_tokens=6, new_tokens=8,
+                            repeat=1, device=dev)
+    for row, b in zip(got, (4, 18 / 32), strict=True):
+        assert row["memory_bound_tok_s"] == pytest.approx(5e10 / (b * n_block + 4 * n_other + kv + rows))
 
 
 # (f) the KD example ------------------------------------------------------------------------
