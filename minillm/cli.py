@@ -115,8 +115,13 @@ def cmd_eval(a: argparse.Namespace) -> int:
     if model.tokenizer is None:
         raise ValueError(f"model {a.model!r} has no tokenizer; eval needs one to encode the corpus")
     ids = data.encode_split(a.split, model.tokenizer)
-    res = evaluate(model, ids, backend=a.backend, max_tokens=a.max_tokens, progress=True)
-    res |= {"model": a.model, "split": a.split, "backend": a.backend,
+    backend = a.backend
+    if a.format:
+        from .hw.emulate import FormatBackend
+
+        backend = FormatBackend(a.format)  # weights and activations rounded to the format
+    res = evaluate(model, ids, backend=backend, max_tokens=a.max_tokens, progress=True)
+    res |= {"model": a.model, "split": a.split, "backend": getattr(backend, "name", backend), "format": a.format,
             "params": model.n_params, "bytes": model.nbytes}  # fmt: skip
     print(f"{a.model}: val loss {res['loss']:.4f} nats/token, ppl {res['ppl']:.3f} "
           f"over {res['tokens']:,} tokens; {res['params']:,} params, {res['bytes']:,} bytes")  # fmt: skip
@@ -270,6 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--split", default="val", choices=["train", "val"])
     e.add_argument("--max-tokens", type=_int_at_least(1), default=None, help="evaluate only the first N tokens")
     e.add_argument("--json", metavar="PATH", help="write the result as JSON")
+    e.add_argument("--format", default=None, choices=["float32", "bfloat16", "float16", "float8_e4m3fn", "float8_e5m2"],
+                   help="emulate a number format: weights and activations rounded to it (NumPy)")
     backend_arg(e)
     e.set_defaults(func=cmd_eval)
 

@@ -822,7 +822,7 @@ rng = np.random.default_rng(0)
 teacher = minillm.load("teacher")
 cfg = teacher.config
 val = data.encode_split("val", teacher.tokenizer)
-n_tokens = 8_000  # validation slice: the first 8,000 characters of the held-out plays
+n_tokens = 4_000  # validation slice: the first 4,000 characters of the held-out plays
 print(teacher)
 """),
     md(r"""
@@ -1015,7 +1015,7 @@ cpu_backends = [b for b in backends.available() if b in ("numpy", "numba")]  # J
 print("backends measured:", cpu_backends)
 wide = minillm.GPT(minillm.GPTConfig.preset("gpt2", n_layer=4, vocab_size=96), seed=0)
 rows = claims.quantized_speed(wide, ("fp32", "int8", "q8_0", "q4_0"), backends=cpu_backends,
-                              prompt_tokens=8, new_tokens=12, repeat=2)
+                              prompt_tokens=4, new_tokens=10, repeat=2)
 print(f"{'backend':8s} {'format':6s} {'MB/token':>9s} {'tokens/s':>9s} {'speed-up':>9s} "
       f"{'bytes ratio':>12s} {'memory bound':>13s}")
 for r in rows:
@@ -1063,12 +1063,12 @@ for alpha in (0.5, 0.1):
 1. (a) For which $\theta$ does soft-thresholding the teacher's block weights lose as much
    validation loss as int4 per-group quantization (`quantize_params(params, "int4-g32")`)? How
    many distinct values does each keep?
-2. (b) With `max_in_flight=2`, find chunk sizes $t_j, c_j$ (not all equal) for which the makespan
-   equals $\max(\sum t, \sum c)$ plus the smallest possible overhang. What is that overhang?
-3. (d) Using the roofline, predict the batch size at which the teacher's decode becomes
-   compute-bound on this CPU; then extend `batch_sweep` to that batch and compare.
-4. (e) Which backend comes closest to its bytes-ratio bound, and what would a kernel have to do
-   to reach it?
+2. (b) With `max_in_flight=2` and a fixed total $\sum t = \sum c$, how should the stream be cut
+   into chunks to bring the makespan closest to $\max(\sum t, \sum c)$? What is the overhang
+   with $n$ equal chunks?
+3. (d, e) Using the roofline, predict the batch size at which the teacher's decode becomes
+   compute-bound on this CPU, then extend `batch_sweep` to it. Which backend in (e) comes
+   closest to its bytes-ratio bound, and what limits the others?
 """),
 ]
 
