@@ -23,12 +23,10 @@ continues bit-for-bit as if training had never stopped.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -203,8 +201,9 @@ def _state_sha256(tensors: dict[str, np.ndarray], meta: dict[str, str]) -> str:
 
 def save_checkpoint(path: str | Path, state: TrainState, model_config: GPTConfig,
                     train_config: TrainConfig, extra: dict[str, Any] | None = None) -> None:  # fmt: skip
-    """Write the whole training state to one safetensors file, atomically."""
-    from safetensors.numpy import save_file
+    """Write the whole training state to one safetensors file, atomically (`minillm.io`'s writer:
+    temporary file, fsync, rename)."""
+    from .io import write_safetensors
 
     path = Path(path)
     tensors = {f"param/{k}": v for k, v in state.params.items()}
@@ -222,15 +221,7 @@ def save_checkpoint(path: str | Path, state: TrainState, model_config: GPTConfig
         "extra": json.dumps(extra or {}),
     }
     meta["sha256"] = _state_sha256(tensors, meta)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        save_file(tensors, str(tmp), metadata=meta)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)  # atomic on POSIX: readers see the old file or the new one
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()  # only left if the write failed
+    write_safetensors(path, tensors, meta)
 
 
 def load_checkpoint(path: str | Path) -> tuple[TrainState, GPTConfig, TrainConfig, dict[str, Any]]:
