@@ -164,6 +164,8 @@ def flow_shop(durations: Any, max_in_flight: int | None = None) -> FlowShop:
         of buffers): job $j$ also waits for job $j - k$ to finish. 1 means no overlap at all
         (the sum of everything); None means unlimited.
 
+    Examples
+    --------
     >>> flow_shop([[1, 1, 1], [2, 2, 2]]).makespan   # t + c + (n-1) max(t, c)
     7.0
     >>> flow_shop([[1, 1, 1], [2, 2, 2]], max_in_flight=1).makespan   # no overlap: the sum
