@@ -1174,7 +1174,8 @@ print()
 stamps = np.array(stamps)
 print(f"\ntime to first token {stamps[0] * 1e3:.1f} ms, then {np.diff(stamps).mean() * 1e3:.2f} ms "
       f"per token on average ({len(stamps)} tokens, context window {cfg.block_size})")
-same = minillm.generate(teacher, prompt_ids, 300, temperature=0.8, top_k=40, seed=1)[0, 7:]
+same = minillm.generate(teacher, prompt_ids, 300, temperature=0.8, top_k=40, seed=1)
+same = same[0, len(prompt_ids[0]) :]  # the new tokens only
 print("identical to minillm.generate with the same seed:", same.tolist() == streamed)
 '''),
     md(r'''
