@@ -206,15 +206,14 @@ def cmd_tour(a: argparse.Namespace) -> int:
 
 
 def cmd_compress(a: argparse.Namespace) -> int:
-    from .compress.recipe import apply_recipe, finetune, parse_recipe
+    from .compress.recipe import apply_recipe, finetune, parse_recipe, structural_part
     from .io import save
     from .nn.gpt import GPT
 
     parse_recipe(a.recipe)  # a bad recipe fails before any loading
     model = _load_model(a.model)
     if a.finetune:
-        structural = "+".join(p for p in a.recipe.split("+") if p.split(":")[0] in ("prune", "lowrank")
-                              or p.count(":") == 1 and p.replace(":", "").isdigit())  # fmt: skip
+        structural = structural_part(a.recipe)
         if not structural:
             raise ValueError(f"--finetune needs a structural step (prune:S, 2:4, lowrank:F) in {a.recipe!r}")
         model = finetune(model, structural, steps=a.finetune)

@@ -142,15 +142,20 @@ def run_tour(json_path: str | None = None, out_dir: str | None = "tour-out", bac
     return result
 
 
-def format_table(result: dict[str, Any]) -> str:
-    """One plain-text table: a row per variant, a decode tokens/s column per backend."""
+def _by_variant(result: dict[str, Any]) -> tuple[list[str], list[tuple[str, dict[str, dict[str, Any]]]]]:
+    """(backend names, [(variant, {backend: row})]) in the order the tour measured them."""
     rows = result["rows"]
     names = list(dict.fromkeys(r["backend"] for r in rows))
     variants = list(dict.fromkeys(r["variant"] for r in rows))
+    return names, [(v, {r["backend"]: r for r in rows if r["variant"] == v}) for v in variants]
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """One plain-text table: a row per variant, a decode tokens/s column per backend."""
+    names, groups = _by_variant(result)
     head = ["variant", "params", "bytes", "val loss"] + [f"{b} tok/s (limit)" for b in names]
     lines = []
-    for v in variants:
-        rs = {r["backend"]: r for r in rows if r["variant"] == v}
+    for v, rs in groups:
         r0 = next(iter(rs.values()))
         cells = [v, f"{r0['params']:,}", f"{r0['bytes']:,}", f"{r0['val_loss']:.4f}"]
         cells += [f"{rs[b]['decode_tok_s']:,.0f} ({rs[b]['roofline_tok_s']:,.0f})" for b in names]
@@ -164,13 +169,10 @@ def format_table(result: dict[str, Any]) -> str:
 
 def markdown_table(result: dict[str, Any]) -> str:
     """The same table as Markdown, for the docs' results page and the README."""
-    rows = result["rows"]
-    names = list(dict.fromkeys(r["backend"] for r in rows))
-    variants = list(dict.fromkeys(r["variant"] for r in rows))
+    names, groups = _by_variant(result)
     head = ["variant", "params", "stored bytes", "val loss (nats/char)"] + [f"{b} decode tok/s" for b in names]
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for v in variants:
-        rs = {r["backend"]: r for r in rows if r["variant"] == v}
+    for v, rs in groups:
         r0 = next(iter(rs.values()))
         cells = [f"`{v}`", f"{r0['params']:,}", f"{r0['bytes']:,}", f"{r0['val_loss']:.4f}"]
         cells += [f"{rs[b]['decode_tok_s']:,.0f}" for b in names]

@@ -60,6 +60,14 @@ def parse_recipe(recipe: str) -> list[tuple[str, float | None]]:
     return steps
 
 
+def structural_part(recipe: str) -> str:
+    """The steps of `recipe` that change which weights exist (``prune:S``, ``N:M``, ``lowrank:F``),
+    joined with ``+``; ``""`` if there are none. Quantization steps are dropped."""
+    parts = [p.strip() for p in recipe.split("+")]
+    steps = parse_recipe(recipe)  # validates every step
+    return "+".join(p for p, (s, _) in zip(parts, steps, strict=True) if not _QUANT.fullmatch(s))
+
+
 def masks_for(params: dict[str, Any], steps: list[tuple[str, float | None]]) -> dict[str, np.ndarray]:
     """The pruning masks a recipe implies (for masked fine-tuning)."""
     masks: dict[str, np.ndarray] = {}
