@@ -25,19 +25,16 @@ from .nn.gpt import GPT, KVCache, forward
 
 
 def decode_bytes_per_token(model: GPT, context: int) -> int:
-    """Bytes a decode step at `context` positions reads: every block weight, the LM head (tied
-    embedding), one embedding row each for token and position, and the KV cache."""
+    """Bytes a decode step at `context` positions reads: every block weight, the LM head (all of
+    the tied embedding, in whatever format it is stored), one embedding row for the token (in
+    that format: its bytes divided by V) and one float32 row for the position, and the float32
+    KV cache."""
     cfg = model.config
     p = model.params
-    total = 0
-    for name, w in p.items():
-        if name in ("wte.weight", "wpe.weight"):
-            continue
-        total += int(w.nbytes)
-    head = p["wte.weight"]
-    total += int(head.nbytes)  # the tied LM head reads all of wte
-    row = 4 * cfg.n_embd
-    total += 2 * row  # token and position embedding rows
+    total = sum(int(w.nbytes) for name, w in p.items() if name not in ("wte.weight", "wpe.weight"))
+    head = int(p["wte.weight"].nbytes)
+    total += head  # the tied LM head reads all of wte
+    total += head // cfg.vocab_size + 4 * cfg.n_embd  # token and position embedding rows
     total += 2 * cfg.n_layer * context * cfg.n_embd * 4  # keys and values, float32
     return total
 

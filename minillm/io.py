@@ -612,7 +612,9 @@ def load(path_or_name: str | os.PathLike) -> GPT:
     kinds_meta = meta.get("kinds", {})
     tensors, _, _ = read_safetensors(weights_path, dtypes={"F32"} if not kinds_meta else {"F32", "F16", "I8", "U8"})
     tensors, kinds = _kinds_from_tensors(tensors, kinds_meta, config, weights_path, config_path)
-    params = _check_tensors(tensors, config, weights_path, config_path, kinds) | kinds
+    from .nn.gpt import output_major
+
+    params = output_major(_check_tensors(tensors, config, weights_path, config_path, kinds)) | kinds
     params = {name: params[name] for name in param_shapes_of(config)}  # the usual order
     tok = None
     if TOKENIZER_FILE in files:
@@ -643,64 +645,92 @@ def param_shapes_of(config: GPTConfig) -> dict[str, tuple[int, ...]]:
 
 # Compressed weights: each kind's arrays are stored as tensors "NAME::FIELD" and its class and
 # integer attributes in config.json under "kinds", so a compressed model loads back as it was.
+# A kind held inside a kind (a TiedEmbedding's head) is stored the same way one level down:
+# tensors "NAME::head::FIELD" and its spec under "fields".
 def _kind_tensors(params: dict[str, Any]) -> tuple[dict[str, np.ndarray], dict[str, dict[str, Any]]]:
     tensors: dict[str, np.ndarray] = {}
     kinds: dict[str, dict[str, Any]] = {}
     for name, w in params.items():
-        if not is_kind(w):
+        if is_kind(w):
+            kinds[name] = _store_kind(name, w, tensors)
+        else:
             tensors[name] = w
-            continue
-        attrs: dict[str, Any] = {}
-        for f in dataclasses.fields(w):
-            v = getattr(w, f.name)
-            if isinstance(v, np.ndarray):
-                tensors[f"{name}::{f.name}"] = np.ascontiguousarray(v)
-            elif v is None or isinstance(v, (int, float, str, bool)):
-                attrs[f.name] = v
-            else:
-                raise TypeError(f"save: {name}: field {f.name} of {type(w).__name__} cannot be stored")
-        kinds[name] = {"kind": type(w).__name__, "attrs": attrs}
     return tensors, kinds
+
+
+def _store_kind(prefix: str, w: Any, tensors: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Put `w`'s arrays into `tensors` under "prefix::field"; return its JSON spec."""
+    attrs: dict[str, Any] = {}
+    inner: dict[str, Any] = {}
+    for f in dataclasses.fields(w):
+        v = getattr(w, f.name)
+        if isinstance(v, np.ndarray):
+            tensors[f"{prefix}::{f.name}"] = np.ascontiguousarray(v)
+        elif is_kind(v):
+            inner[f.name] = _store_kind(f"{prefix}::{f.name}", v, tensors)
+        elif v is None or isinstance(v, (int, float, str, bool)):
+            attrs[f.name] = v
+        else:
+            raise TypeError(f"save: {prefix}: field {f.name} of {type(w).__name__} cannot be stored")
+    spec: dict[str, Any] = {"kind": type(w).__name__, "attrs": attrs}
+    if inner:
+        spec["fields"] = inner
+    return spec
 
 
 def _kinds_from_tensors(tensors: dict[str, np.ndarray], kinds_meta: Any, config: GPTConfig, path: Path,
                         config_path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:  # fmt: skip
     """Rebuild the weight kinds listed in config.json; returns (dense tensors, kinds by name)."""
-    from . import kinds as kinds_mod
-
     if not isinstance(kinds_meta, dict):
         raise CheckpointError(f"{config_path}: corrupt: 'kinds' must be a JSON object")
     expected = param_shapes_of(config)
     rest = {k: v for k, v in tensors.items() if "::" not in k}
+    used: set[str] = set()
     out: dict[str, Any] = {}
     for name, spec in kinds_meta.items():
-        allowed = list(kinds_mod.KIND_CLASSES)
-        if name not in expected or not isinstance(spec, dict) or spec.get("kind") not in allowed:
-            raise CheckpointError(f"{config_path}: bad 'kinds' entry {name!r}: {spec!r}; kinds allowed: {allowed}")
-        cls = getattr(kinds_mod, spec["kind"])
-        fields = {f.name for f in dataclasses.fields(cls)}
-        arrays = {k.split("::", 1)[1]: v for k, v in tensors.items() if k.startswith(name + "::")}
-        attrs = spec.get("attrs", {})
-        if not isinstance(attrs, dict):
-            raise CheckpointError(f"{config_path}: 'kinds' entry {name!r}: attrs must be a JSON object, got {attrs!r}")
-        if set(arrays) | set(attrs) != fields:
-            raise CheckpointError(f"{path}: tensor(s) of {name!r} ({spec['kind']}) do not match its fields "
-                                  f"{sorted(fields)}: found {sorted(set(arrays) | set(attrs))}")  # fmt: skip
-        try:
-            w = cls(**arrays, **attrs)
-        except (TypeError, ValueError) as e:
-            raise CheckpointError(f"{path}: tensor(s) of {name!r} do not form a valid {spec['kind']}: {e}") from None
+        if name not in expected:
+            raise CheckpointError(f"{config_path}: bad 'kinds' entry {name!r}: not a parameter of this config")
+        w = _build_kind(name, spec, tensors, used, path, config_path)
         if tuple(w.shape) != expected[name]:
             raise CheckpointError(f"{path}: {name!r} has shape {w.shape}, but {config_path.name} implies "
                                   f"{expected[name]}")  # fmt: skip
         out[name] = w
-    stray = sorted({k.split("::", 1)[0] for k in tensors if "::" in k} - set(out))
+    stray = sorted({k.rsplit("::", 1)[0] for k in tensors if "::" in k and k not in used})
     if stray:
         raise CheckpointError(f"{path}: tensor(s) for {stray[:5]} belong to no entry of {config_path.name}'s kinds")
     for name, v in rest.items():
         if v.dtype != np.float32:
             raise CheckpointError(f"{path}: tensor {name!r} has dtype {v.dtype}; allowed: float32")
     return rest, out
+
+
+def _build_kind(prefix: str, spec: Any, tensors: dict[str, np.ndarray], used: set[str], path: Path,
+                config_path: Path) -> Any:  # fmt: skip
+    """The kind described by `spec`, from the tensors "prefix::field" (recording them in `used`)."""
+    from . import kinds as kinds_mod
+
+    allowed = list(kinds_mod.KIND_CLASSES)
+    if not isinstance(spec, dict) or spec.get("kind") not in allowed:
+        raise CheckpointError(f"{config_path}: bad 'kinds' entry {prefix!r}: {spec!r}; kinds allowed: {allowed}")
+    cls = getattr(kinds_mod, spec["kind"])
+    fields = {f.name for f in dataclasses.fields(cls)}
+    arrays = {k[len(prefix) + 2 :]: v for k, v in tensors.items()
+              if k.startswith(prefix + "::") and "::" not in k[len(prefix) + 2 :]}  # fmt: skip
+    attrs, inner_specs = spec.get("attrs", {}), spec.get("fields", {})
+    if not isinstance(attrs, dict) or not isinstance(inner_specs, dict):
+        raise CheckpointError(f"{config_path}: 'kinds' entry {prefix!r}: attrs and fields must be JSON objects, "
+                              f"got {attrs!r} and {inner_specs!r}")  # fmt: skip
+    found = set(arrays) | set(attrs) | set(inner_specs)
+    if found != fields or len(found) != len(arrays) + len(attrs) + len(inner_specs):
+        raise CheckpointError(f"{path}: tensor(s) of {prefix!r} ({spec['kind']}) do not match its fields "
+                              f"{sorted(fields)}: found {sorted(found)}")  # fmt: skip
+    inner = {f: _build_kind(f"{prefix}::{f}", s, tensors, used, path, config_path) for f, s in inner_specs.items()}
+    try:
+        w = cls(**arrays, **attrs, **inner)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: tensor(s) of {prefix!r} do not form a valid {spec['kind']}: {e}") from None
+    used.update(f"{prefix}::{f}" for f in arrays)
+    return w
 
 
 # ------------------------------------------------------------------------------------------
@@ -864,7 +894,9 @@ def load_gpt2(directory: str | os.PathLike) -> GPT:
             f"{weights_path}: tensor 'lm_head.weight' differs from 'wte.weight'; minillm's GPT-2 "
             "ties the LM head to the token embedding"
         )
-    params = _check_tensors(tensors, config, weights_path, config_path)
+    from .nn.gpt import output_major
+
+    params = output_major(_check_tensors(tensors, config, weights_path, config_path))
     tok = _read_hf_tokenizer(directory)
     if tok is not None:
         _check_tokenizer_fits(tok, config, directory)

@@ -13,6 +13,7 @@ multiply:
 | `LowRank` | $A$ (in, r), $B$ (r, out) | $W = AB$ |
 | `NMSparse` | N kept values of every M inputs + their positions | zeros elsewhere |
 | `Masked` | dense $W$ and a keep-mask | $W \odot M$ |
+| `TiedEmbedding` | the tied embedding as its head $W_{te}^\top$ in one of the quantized kinds | $W_{te}$ |
 
 Every kind has the same small interface, so a backend's `linear(x, W, b)` can dispatch on it:
 
@@ -492,8 +493,70 @@ class Masked:
         return _check_x(x, self.shape[0]) @ self.dequantize()
 
 
-KINDS = (Int8PerChannel, IntPerGroup, Q8_0, Q4_0, LowRank, NMSparse, Masked)
+# Kinds whose every array field has the output column as its last axis: selecting output
+# columns `idx` is `field[..., idx]` for all of them (what `TiedEmbedding.rows` relies on).
+HEAD_KINDS = (Int8PerChannel, IntPerGroup, Q8_0, Q4_0)
 
 
-# The kinds a checkpoint may hold (minillm.io stores each as its arrays plus its class name).
-KIND_CLASSES = ("Int8PerChannel", "IntPerGroup", "Q8_0", "Q4_0", "LowRank", "NMSparse", "Masked")
+@dataclass(frozen=True, eq=False)
+class TiedEmbedding:
+    r"""The tied token embedding $W_{te}$ (V, C), stored as the LM head's weight $W_{te}^\top$ (C, V).
+
+    GPT-2 uses one matrix twice: as a lookup table (row $t$ is token $t$'s vector) and as the
+    output head, logits $= x W_{te}^\top$. The head is read in full at every decode step — for
+    the GPT-2 124M shape it is 31 % of all weight bytes — so a quantized model that leaves it in
+    float32 still streams most of its bytes as float32. Here `head` is a quantized kind of shape
+    (C, V) in the usual (in, out) layout: its output columns are vocabulary entries, so a
+    per-column scale is one scale per token, and llama.cpp's blocks of 32 run along C.
+
+    - `matmul_t(x)` $= x W_{te}^\top$ is `head.matmul(x)`: the logits, from the codes;
+    - `rows(idx)` is the embedding lookup: it dequantizes only the head's columns `idx`.
+    """
+
+    head: Any  # one of HEAD_KINDS, shape (C, V)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.head, HEAD_KINDS):
+            allowed = ", ".join(k.__name__ for k in HEAD_KINDS)
+            raise TypeError(f"head must be one of {allowed} of shape (C, V), got {type(self.head).__name__}")
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        n_embd, vocab = self.head.shape
+        return (vocab, n_embd)
+
+    @property
+    def nbytes(self) -> int:
+        return self.head.nbytes
+
+    @property
+    def n_params(self) -> int:
+        return self.head.n_params
+
+    def dequantize(self) -> np.ndarray:
+        return np.ascontiguousarray(self.head.dequantize().T)  # (V, C)
+
+    def rows(self, idx: Any) -> np.ndarray:
+        """Embedding vectors of token ids `idx` (any shape): float32 of shape idx.shape + (C,)."""
+        idx = np.asarray(idx)
+        flat = idx.reshape(-1)
+        fields = {f: getattr(self.head, f) for f in self.head.__dataclass_fields__}
+        picked = {f: (v[..., flat] if isinstance(v, np.ndarray) else v) for f, v in fields.items()}
+        cols = type(self.head)(**picked).dequantize()  # (C, n): only the columns asked for
+        return cols.T.reshape(*idx.shape, self.shape[1])
+
+    def matmul_t(self, x: np.ndarray) -> np.ndarray:
+        """$x W_{te}^\top$ for x (..., C): the tied head's logits (..., V)."""
+        return self.head.matmul(x)
+
+    def matmul(self, x: np.ndarray) -> np.ndarray:
+        return _check_x(x, self.shape[0]) @ self.dequantize()
+
+
+KINDS = (Int8PerChannel, IntPerGroup, Q8_0, Q4_0, LowRank, NMSparse, Masked, TiedEmbedding)
+
+
+# The kinds a checkpoint may hold (minillm.io stores each as its arrays plus its class name;
+# a TiedEmbedding's head is stored the same way under the field name "head").
+KIND_CLASSES = ("Int8PerChannel", "IntPerGroup", "Q8_0", "Q4_0", "LowRank", "NMSparse", "Masked",
+                "TiedEmbedding")

@@ -40,7 +40,7 @@ from . import backends
 from .config import GPTConfig
 from .data import get_batch
 from .nn.functional import log_softmax
-from .nn.gpt import GPT, backward, forward, forward_train
+from .nn.gpt import GPT, backward, forward, forward_train, output_major
 
 
 @dataclass
@@ -303,8 +303,9 @@ def load_checkpoint(path: str | Path) -> tuple[TrainState, GPTConfig, TrainConfi
         extra_m = sorted(set(named) - set(params))
         if extra_m:
             raise CheckpointError(f"{path}: tensor(s) {[prefix + k for k in extra_m[:5]]} have no param/ tensor")
+    params = output_major(params)  # the layout training ran in, so resuming repeats it bit for bit
     opt = AdamW(params, train_config)
-    opt.m, opt.v = moments["adam_m/"], moments["adam_v/"]
+    opt.m, opt.v = output_major(moments["adam_m/"]), output_major(moments["adam_v/"])
     opt.t = adam_t
     return TrainState(params, opt, step, rng, history, ema), model_config, train_config, extra
 

@@ -119,7 +119,7 @@ CASES = [
     C("loss_and_grads/targets-shape", lambda t: model().loss_and_grads([[1, 2, 3]], [[1, 2]]), ValueError,
       "targets", "(1, 2)", "(1, 3)"),
     C("loss_and_grads/compressed", lambda t: int8_model().loss_and_grads([[1]], [[2]]), TypeError,
-      "h.0.attn.c_attn.weight", "Int8PerChannel", "dense"),
+      "wte.weight", "TiedEmbedding", "dense"),
     # --- the configuration ---------------------------------------------------------------------
     C("GPTConfig/vocab-zero", lambda t: minillm.GPTConfig(0, 8, 1, 1, 8), ValueError, "vocab_size", "0",
       "positive int"),
@@ -173,7 +173,7 @@ CASES = [
     # --- files ---------------------------------------------------------------------------------
     C("save/path-type", lambda t: minillm.save(model(), 123), TypeError, "path", "int", "path-like"),
     C("save_gpt2/compressed", lambda t: minillm.save_gpt2(int8_model(), t / "m"), TypeError,
-      "params['h.0.attn.c_attn.weight']", "Int8PerChannel", "dense float32"),
+      "params['wte.weight']", "TiedEmbedding", "dense float32"),
     C("save/nan-after-construction", lambda t: minillm.save(nan_after_construction(), t / "m"), ValueError,
       "params['h.1.mlp.c_fc.bias']", "nan", "non-finite"),
     C("load/type", lambda t: minillm.load(123), TypeError, "path_or_name", "int", "'teacher'"),

@@ -41,8 +41,10 @@ from .numpy_ import (
     NumpyBackend,
     Q4Arrays,
     Q8Arrays,
+    TiedArrays,
     WeightCache,
     kernel_form,
+    take_columns,
 )
 
 
@@ -174,8 +176,19 @@ class ArrayBackend(NumpyBackend):
         s = xp.where(hidden, -np.inf, s.astype(np.float32))
         return self.mm(self.softmax(s).astype(self.dtype), v)  # (B, H, T, D)
 
+    def embed(self, wte: Any, idx: Any) -> Any:
+        """Token embeddings (B, T, C); a quantized tied embedding dequantizes only columns `idx`."""
+        wte = self.put(wte)
+        if isinstance(wte, TiedArrays):
+            cols = self.dequantize(take_columns(wte.head, idx.reshape(-1)))  # (C, B*T)
+            return cols.T.reshape(*idx.shape, -1).astype(self.dtype)
+        return wte[idx]
+
     def lm_head(self, x: Any, wte: Any) -> Any:
-        return self.mm(x, self.put(wte).T).astype(np.float32)  # (N, V) logits in float32
+        wte = self.put(wte)
+        if isinstance(wte, TiedArrays):  # the head's product, from its codes
+            return self.matmul(x, wte.head).astype(np.float32)
+        return self.mm(x, wte.T).astype(np.float32)  # (N, V) logits in float32
 
     # --- the KV cache ----------------------------------------------------------------------
     def kv_alloc(self, n_layer: int, B: int, H: int, T: int, D: int, dtype=None) -> tuple:

@@ -33,7 +33,7 @@ import numpy as np
 from jax import lax
 
 from .cupy_ import ArrayBackend
-from .numpy_ import GroupArrays, Int8Arrays, LowRankArrays, NMArrays, Q4Arrays, Q8Arrays
+from .numpy_ import GroupArrays, Int8Arrays, LowRankArrays, NMArrays, Q4Arrays, Q8Arrays, TiedArrays
 
 # The kernel forms are JAX pytrees, so a params dict holding quantized weights can be passed to
 # a jitted function: arrays are traced leaves, N:M's n and m are static.
@@ -44,6 +44,7 @@ for _cls, _data, _meta in (
     (Q4Arrays, ["packed", "d"], []),
     (LowRankArrays, ["a", "b"], []),
     (NMArrays, ["values", "indices"], ["n", "m"]),
+    (TiedArrays, ["head"], []),
 ):
     jax.tree_util.register_dataclass(_cls, data_fields=_data, meta_fields=_meta)
 
@@ -117,7 +118,7 @@ class JaxBackend(ArrayBackend):
         C, H, eps = config.n_embd, config.n_head, config.layer_norm_epsilon
         D = C // H
         wpe = lax.dynamic_slice_in_dim(params["wpe.weight"], pos0, T, axis=0)  # (T, C)
-        x = (params["wte.weight"][idx] + wpe).reshape(B * T, C)  # (BT, C)
+        x = (self.embed(params["wte.weight"], idx) + wpe).reshape(B * T, C)  # (BT, C)
         for i in range(config.n_layer):
             p = f"h.{i}."
             h = self.layer_norm(x, params[p + "ln_1.weight"], params[p + "ln_1.bias"], eps)

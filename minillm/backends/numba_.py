@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 
 from .. import kinds as K
-from .numpy_ import KERNEL_FORMS, LowRankArrays, NumpyBackend, WeightCache, kernel_form
+from .numpy_ import NumpyBackend, WeightCache
 
 
 def default_cache_dir(package_dir: str, environ: Any = os.environ) -> str | None:
@@ -69,11 +69,18 @@ if _cache_dir is not None:
 import numba  # noqa: E402  (after the cache directory is chosen)
 from numba import njit, prange  # noqa: E402
 
-# Numba's default OpenMP pool keeps its threads spinning after a parallel loop; on a machine
-# with few cores they then fight NumPy's BLAS threads, and a 0.5 ms product took 100+ ms here.
-# The workqueue pool does not spin. (Set NUMBA_THREADING_LAYER to choose another.)
+# A decode step runs about a hundred small parallel loops. Numba's OpenMP pool ("omp") starts
+# one in ~3 us because its threads spin for a while after each loop, waiting for the next; the
+# "workqueue" pool sleeps and takes 40-120 us per loop, more than the products themselves. But a
+# spinning pool fights every other thread for the cores — OpenBLAS's above all: alternating
+# Numba loops and BLAS calls took 100x longer here. So: OpenMP first, with a short spin
+# (GOMP_SPINCOUNT, read once when libgomp loads; ~10k spins is tens of microseconds), and no BLAS
+# call between kernels while decoding (dense products have their own kernel below). Set
+# NUMBA_THREADING_LAYER or GOMP_SPINCOUNT yourself to override either choice.
+SPINCOUNT = "10000"
+os.environ.setdefault("GOMP_SPINCOUNT", SPINCOUNT)
 if not os.environ.get("NUMBA_THREADING_LAYER"):
-    numba.config.THREADING_LAYER = "workqueue"
+    numba.config.THREADING_LAYER_PRIORITY = ["omp", "tbb", "workqueue"]
 
 TILE = 512  # output columns dequantized at once on the prefill (BLAS) path
 JIT = dict(parallel=True, fastmath=True, cache=True)
@@ -125,15 +132,36 @@ class RowsNM:
     m: int
 
 
-ROW_FORMS = (RowsInt8, RowsGroup, RowsQ8_0, RowsQ4_0, RowsNM)
+@dataclass(frozen=True, eq=False)
+class RowsDense:
+    """A dense weight transposed: w (out, in) float32 (`Masked` folded to $W \\odot M$)."""
+
+    w: np.ndarray
+
+
+@dataclass(frozen=True, eq=False)
+class RowsLowRank:
+    """LowRank transposed: $(xA)B$ as two dense products; a (r, in), b (out, r) float32."""
+
+    a: np.ndarray
+    b: np.ndarray
+
+
+@dataclass(frozen=True, eq=False)
+class RowsTied:
+    """TiedEmbedding: its head (C, V) in a rows form, (V, C): row $t$ is token $t$'s embedding."""
+
+    head: Any
+
+
+ROW_FORMS = (RowsInt8, RowsGroup, RowsQ8_0, RowsQ4_0, RowsNM, RowsDense, RowsLowRank)
 
 
 def rows_form(w: Any) -> Any:
-    """A weight in the form this backend's kernels take (a one-time copy, cached per weight).
+    """A weight kind in the form this backend's kernels take (a one-time copy, cached per kind).
 
-    Quantized and N:M kinds become output-major (`ROW_FORMS`, codes still int8 / packed
-    nibbles, scales widened to float32 because Numba has no float16); dense, low-rank and
-    masked weights take their `kernel_form` (the BLAS path)."""
+    Every kind becomes output-major (`ROW_FORMS`): the codes of output $o$ are one contiguous
+    row, still int8 / packed nibbles; scales are widened to float32 (Numba has no float16)."""
     if isinstance(w, K.Int8PerChannel):
         return RowsInt8(_t(w.q), _f32(w.scale))
     if isinstance(w, K.IntPerGroup):
@@ -145,7 +173,13 @@ def rows_form(w: Any) -> Any:
         return RowsQ4_0(_t(w.packed), _t(w.d.astype(np.float32)))
     if isinstance(w, K.NMSparse):
         return RowsNM(_t(w.values.astype(np.float32)), _t(w.indices), int(w.n), int(w.m))
-    return kernel_form(w, np.ascontiguousarray, np.float32)
+    if isinstance(w, K.LowRank):
+        return RowsLowRank(_t(w.a.astype(np.float32)), _t(w.b.astype(np.float32)))
+    if isinstance(w, K.Masked):
+        return RowsDense(_t(w.dequantize()))
+    if isinstance(w, K.TiedEmbedding):
+        return RowsTied(rows_form(w.head))
+    raise TypeError(f"weight must be a numpy array or one of minillm.kinds, got {type(w).__name__}")
 
 
 def _rows_shape(w: Any) -> tuple[int, int]:
@@ -154,12 +188,35 @@ def _rows_shape(w: Any) -> tuple[int, int]:
         return w.packed.shape[0], 2 * w.packed.shape[1]
     if isinstance(w, RowsNM):
         return w.values.shape[0], w.values.shape[1] * w.m // w.n
-    first = w.q if isinstance(w, (RowsInt8, RowsGroup)) else w.qs
+    if isinstance(w, RowsLowRank):
+        return w.b.shape[0], w.a.shape[1]
+    first = w.q if isinstance(w, (RowsInt8, RowsGroup)) else w.qs if isinstance(w, RowsQ8_0) else w.w
     return first.shape
 
 
 def _t(a: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(a.T)
+
+
+def _dequantize_rows(w: Any, o0: int, out: np.ndarray) -> None:
+    """Rows o0 .. o0 + len(out) of a quantized rows form, as float32, into `out`."""
+    if isinstance(w, RowsInt8):
+        dequant_rows(w.q, w.scale, o0, out)
+    elif isinstance(w, RowsGroup):
+        dequant_group(w.q, w.scale, w.zero, o0, out)
+    elif isinstance(w, RowsQ8_0):
+        dequant_q8_0(w.qs, w.d, o0, out)
+    elif isinstance(w, RowsQ4_0):
+        dequant_q4_0(w.packed, w.d, o0, out)
+    else:
+        dequant_nm(w.values, w.indices, w.n, w.m, o0, out)
+
+
+def rows_of(w: np.ndarray) -> np.ndarray:
+    """The (out, in) rows of a dense (in, out) weight as a float32 C-contiguous array: a free
+    view for an output-major weight (`minillm.nn.gpt.output_major`), else a copy made per call —
+    never cached, so a weight changed in place (training) is never read stale."""
+    return np.ascontiguousarray(w.T, dtype=np.float32)
 
 
 def _f32(a: Any) -> np.ndarray:
@@ -170,14 +227,16 @@ def _f32(a: Any) -> np.ndarray:
 # Fused dequantize-and-multiply: y = x W + b for x (N, in), W stored as codes, never as float32.
 # One parallel task per output column o; the inner loops are dot products over contiguous rows.
 @njit(**JIT)
-def matmul_int8(x, q, scale, bias, y):  # pragma: no cover - compiled
-    """Int8PerChannel: $y_o = s_o \\sum_i x_i q_{oi} + b_o$."""
+def matmul_rows(x, w, scale, bias, y):  # pragma: no cover - compiled
+    """Dense or Int8PerChannel: $y_o = s_o \\sum_i x_i w_{oi} + b_o$ ($s = 1$ for float32 weights).
+
+    Compiled once per dtype of `w`: for int8 codes the conversion to float32 happens in registers."""
     N, n_in = x.shape
-    for o in prange(q.shape[0]):
+    for o in prange(w.shape[0]):
         for r in range(N):
             acc = np.float32(0.0)
             for i in range(n_in):
-                acc += x[r, i] * np.float32(q[o, i])
+                acc += x[r, i] * np.float32(w[o, i])
             y[r, o] = acc * scale[o] + bias[o]
 
 
@@ -265,7 +324,7 @@ def matmul_nm(x, values, indices, n, m, bias, y):  # pragma: no cover - compiled
 # ------------------------------------------------------------------------------------------
 # Dequantize output rows o0.. into `out` (w, in): the prefill path, followed by BLAS.
 @njit(**JIT)
-def dequant_int8(q, scale, o0, out):  # pragma: no cover - compiled
+def dequant_rows(q, scale, o0, out):  # pragma: no cover - compiled
     for j in prange(out.shape[0]):
         for i in range(out.shape[1]):
             out[j, i] = np.float32(q[o0 + j, i]) * scale[o0 + j]
@@ -331,13 +390,19 @@ def layer_norm_rows(x, w, b, eps, y):  # pragma: no cover - compiled
 
 @njit(**JIT)
 def gelu_flat(x, y):  # pragma: no cover - compiled
-    """$\\tfrac12 x (1 + \\tanh(\\sqrt{2/\\pi}(x + 0.044715 x^3)))$ elementwise, in float32."""
-    c = np.float32(math.sqrt(2.0 / math.pi))
+    """GPT-2's GELU $\\tfrac12 x (1 + \\tanh u)$, $u = \\sqrt{2/\\pi}(x + 0.044715 x^3)$, in float32,
+    computed as $x - x / (1 + e^{2u})$ (the same function: $\\tfrac12(1 + \\tanh u) = 1/(1 + e^{-2u})$).
+
+    Why: ``tanh`` compiles to a call into the C library, one element at a time, while ``exp``
+    with ``fastmath`` vectorizes — 3x faster here. $2u$ is capped at 40 ($e^{40} \\approx 2\\cdot 10^{17}$,
+    where the correction $x/(1+e^{2u})$ is already below float32 resolution), so nothing overflows."""
+    c2 = np.float32(2.0 * math.sqrt(2.0 / math.pi))
     a = np.float32(0.044715)
-    half, one = np.float32(0.5), np.float32(1.0)
+    one, cap = np.float32(1.0), np.float32(40.0)
     for i in prange(x.shape[0]):
         v = x[i]
-        y[i] = half * v * (one + np.tanh(c * (v + a * v * v * v)))
+        e = np.exp(min(c2 * (v + a * v * v * v), cap))
+        y[i] = v - v / (one + e)
 
 
 @njit(**JIT)
@@ -363,16 +428,18 @@ def attention_cache(q, k, v, y):  # pragma: no cover - compiled
     """Causal attention of q (B, H, T, D), the newest T of S positions, over k, v (B, H, S, D).
 
     One task per (b, h, t): the scores of the visible keys $0 \\ldots S-T+t$, their softmax,
-    and the weighted sum of values — the (T, S) score matrix is never stored."""
+    and the weighted sum of values — the (T, S) score matrix is never stored. Each task has its
+    own row of one scratch array, allocated once, not once per task."""
     B, H, T, D = q.shape
     S = k.shape[2]
     scale = np.float32(1.0 / math.sqrt(D))
+    scores = np.empty((B * H * T, S), np.float32)
     for task in prange(B * H * T):
         b = task // (H * T)
         h = (task // T) % H
         t = task % T
         n_keys = S - T + t + 1
-        s = np.empty(n_keys, np.float32)
+        s = scores[task]
         mx = np.float32(-np.inf)
         for j in range(n_keys):
             acc = np.float32(0.0)
@@ -384,18 +451,18 @@ def attention_cache(q, k, v, y):  # pragma: no cover - compiled
         for j in range(n_keys):
             s[j] = np.exp(s[j] - mx)
             total += s[j]
-        out = np.zeros(D, np.float32)
-        for j in range(n_keys):
-            wj = s[j] / total
-            for e in range(D):
-                out[e] += wj * v[b, h, j, e]
+        inv = np.float32(1.0) / total
         for e in range(D):
-            y[b, h, t, e] = out[e]
+            y[b, h, t, e] = 0.0
+        for j in range(n_keys):
+            wj = s[j] * inv
+            for e in range(D):
+                y[b, h, t, e] += wj * v[b, h, j, e]
 
 
 # ------------------------------------------------------------------------------------------
 class NumbaBackend(NumpyBackend):
-    """Numba-compiled CPU kernels: fused dequantize-and-multiply for every quantized kind.
+    """Numba-compiled CPU kernels: every product (dense, quantized, sparse) and every row kernel.
 
     `prefill_rows`: products with at least this many rows (prefill) dequantize tiles of the
     weight and call BLAS instead — there the work is compute-bound and BLAS is faster. (Measured
@@ -414,12 +481,13 @@ class NumbaBackend(NumpyBackend):
     def prepare(self, params: dict[str, Any]) -> dict[str, Any]:
         """Params with every weight kind in this backend's kernel form (see `rows_form`).
 
-        Converted once per weight object and cached; dense arrays pass through untouched."""
+        Kinds are converted once per weight object and cached; dense arrays pass through
+        untouched (an output-major (in, out) array *is* its (out, in) rows, see `rows_of`)."""
         return {name: self.kernel_weight(w) for name, w in params.items()}
 
     def kernel_weight(self, w: Any) -> Any:
         """`w` in kernel form: cached, so the second call for the same weight is free."""
-        if isinstance(w, np.ndarray) or isinstance(w, ROW_FORMS + KERNEL_FORMS):
+        if isinstance(w, np.ndarray) or isinstance(w, ROW_FORMS + (RowsTied,)):
             return w
         return self._cache.get(w, rows_form)
 
@@ -429,15 +497,12 @@ class NumbaBackend(NumpyBackend):
 
     # --- kernels ---------------------------------------------------------------------------
     def linear(self, x: np.ndarray, w: Any, b: np.ndarray | None) -> np.ndarray:
-        """$y = xW + b$: fused kernels for quantized and N:M kinds, BLAS for dense and low rank."""
+        """$y = xW + b$ from the stored codes (fused kernels), or BLAS for many rows (prefill)."""
         w = self.kernel_weight(w)
         if isinstance(w, np.ndarray):
-            return super().linear(x, w, b)
-        if isinstance(w, LowRankArrays):  # two dense products, (xA)B
-            y = (x @ w.a) @ w.b
-            if b is not None:
-                y += b
-            return y
+            if w.ndim != 2 or x.shape[-1] != w.shape[0]:
+                raise ValueError(f"x {x.shape} and W {w.shape} do not multiply: need x (N, in), W (in, out)")
+            w = RowsDense(rows_of(w))
         if not isinstance(w, ROW_FORMS):
             raise TypeError(f"weight must be a numpy array or one of minillm.kinds, got {type(w).__name__}")
         x = _f32(x)
@@ -446,11 +511,15 @@ class NumbaBackend(NumpyBackend):
             raise ValueError(f"x must have shape (N, {n_in}) to multiply this weight, got {x.shape}")
         N = x.shape[0]
         bias = np.zeros(n_out, np.float32) if b is None else _f32(b)
+        if isinstance(w, RowsLowRank):  # (xA)B: two dense products
+            return self.linear(self.linear(x, RowsDense(w.a), None), RowsDense(w.b), bias)
         if N >= (self.prefill_rows_nm if isinstance(w, RowsNM) else self.prefill_rows):
             return self._tiled_blas(x, w, bias)
         y = np.empty((N, n_out), np.float32)
-        if isinstance(w, RowsInt8):
-            matmul_int8(x, w.q, w.scale, bias, y)
+        if isinstance(w, RowsDense):
+            matmul_rows(x, w.w, np.ones(n_out, np.float32), bias, y)
+        elif isinstance(w, RowsInt8):
+            matmul_rows(x, w.q, w.scale, bias, y)
         elif isinstance(w, RowsGroup):
             xsum = x.reshape(N, w.scale.shape[1], -1).sum(-1)  # (N, groups): sum of x per group
             matmul_group(x, xsum, w.q, w.scale, w.zero, bias, y)
@@ -465,24 +534,35 @@ class NumbaBackend(NumpyBackend):
 
     def _tiled_blas(self, x: np.ndarray, w: Any, bias: np.ndarray) -> np.ndarray:
         """Prefill: dequantize TILE output rows at a time into one buffer, multiply with BLAS."""
+        if isinstance(w, RowsDense):
+            return x @ w.w.T + bias
         n_out, n_in = _rows_shape(w)
         y = np.empty((x.shape[0], n_out), np.float32)
         buf = np.empty((min(TILE, n_out), n_in), np.float32)
         for o0 in range(0, n_out, TILE):
             tile = buf[: min(TILE, n_out - o0)]  # (w, in)
-            if isinstance(w, RowsInt8):
-                dequant_int8(w.q, w.scale, o0, tile)
-            elif isinstance(w, RowsGroup):
-                dequant_group(w.q, w.scale, w.zero, o0, tile)
-            elif isinstance(w, RowsQ8_0):
-                dequant_q8_0(w.qs, w.d, o0, tile)
-            elif isinstance(w, RowsQ4_0):
-                dequant_q4_0(w.packed, w.d, o0, tile)
-            else:
-                dequant_nm(w.values, w.indices, w.n, w.m, o0, tile)
+            _dequantize_rows(w, o0, tile)
             np.matmul(x, tile.T, out=y[:, o0 : o0 + tile.shape[0]])
         y += bias
         return y
+
+    def embed(self, wte: Any, idx: np.ndarray) -> np.ndarray:
+        """Token embeddings; for a quantized tied embedding, row $t$ of the head's rows form *is*
+        token $t$'s codes, so a lookup dequantizes one row per token."""
+        wte = self.kernel_weight(wte)
+        if not isinstance(wte, RowsTied):
+            return super().embed(wte, idx)
+        flat = np.asarray(idx).reshape(-1)
+        out = np.empty((flat.size, _rows_shape(wte.head)[1]), np.float32)
+        for n, token in enumerate(flat):
+            _dequantize_rows(wte.head, int(token), out[n : n + 1])
+        return out.reshape(*np.shape(idx), -1)
+
+    def lm_head(self, x: np.ndarray, wte: Any) -> np.ndarray:
+        """Logits $x W_{te}^\\top$: the embedding (V, C) *is* the head's rows, so no copy is needed."""
+        wte = self.kernel_weight(wte)
+        head = wte.head if isinstance(wte, RowsTied) else RowsDense(_f32(wte))
+        return self.linear(x, head, None)
 
     def layer_norm(self, x: np.ndarray, w: np.ndarray, b: np.ndarray, eps: float) -> np.ndarray:
         x2 = _f32(x).reshape(-1, x.shape[-1])
@@ -527,7 +607,8 @@ class NumbaBackend(NumpyBackend):
                             np.zeros((2, 64), np.int8), 4, 32),
               K.Q8_0(rng.integers(-127, 128, (64, 64)).astype(np.int8), np.ones((2, 64), np.float16)),
               K.Q4_0(rng.integers(0, 256, (32, 64)).astype(np.uint8), np.ones((2, 64), np.float16)),
-              K.NMSparse(w[:32], np.tile(np.array([0, 1], np.uint8), 16)[:, None].repeat(64, 1))]  # fmt: skip
+              K.NMSparse(w[:32], np.tile(np.array([0, 1], np.uint8), 16)[:, None].repeat(64, 1)),
+              w]  # fmt: skip
         for kind in ws:
             for rows in (1, self.prefill_rows):  # the fused and the tiled BLAS path
                 self.linear(w[:rows], kind, w[0])
@@ -547,3 +628,11 @@ class NumbaBackend(NumpyBackend):
     def threads(self) -> int:
         """Threads Numba's parallel loops use (NUMBA_NUM_THREADS)."""
         return numba.get_num_threads()
+
+    @property
+    def threading_layer(self) -> str:
+        """The thread pool Numba loaded ("omp", "tbb" or "workqueue"), after the first kernel ran."""
+        try:
+            return numba.threading_layer()
+        except ValueError:  # no parallel kernel has run yet
+            return "not started"

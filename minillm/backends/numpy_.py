@@ -11,7 +11,8 @@ what it makes faster, so this file is the specification the others are tested ag
 - `layer_norm`, `gelu`, `softmax`;
 - `attention(q, k, v)`: causal attention of the $T$ newest queries over the $S$ keys held in
   the KV cache (query $t$ sits at position $S - T + t$ and sees keys $0 \\ldots S - T + t$);
-- `lm_head(x, wte)` $= x W_{te}^\\top$, the tied output head;
+- `embed(wte, idx)` $= W_{te}[\\mathrm{idx}]$ and `lm_head(x, wte)` $= x W_{te}^\\top$: the token
+  embedding and the tied output head that reuses it;
 - `kv_alloc` / `kv_write`: the preallocated KV cache.
 
 A backend that computes somewhere else (a GPU, a compiler) first converts the weights once with
@@ -25,7 +26,7 @@ from __future__ import annotations
 import math
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
@@ -83,6 +84,11 @@ class NumpyBackend:
         if T > 1:  # a single new query may see every cached key: no mask needed
             s = np.where(F.causal_mask(T, S), -np.inf, s)
         return self.softmax(s) @ v  # (B, H, T, D)
+
+    def embed(self, wte: Any, idx: np.ndarray) -> np.ndarray:
+        """Token embeddings $W_{te}[\\mathrm{idx}]$: (B, T, C) for ids (B, T); a quantized tied
+        embedding (`minillm.kinds.TiedEmbedding`) dequantizes only the rows asked for."""
+        return wte[idx] if isinstance(wte, np.ndarray) else wte.rows(idx)
 
     def lm_head(self, x: np.ndarray, wte: Any) -> np.ndarray:
         """Logits $x W_{te}^\\top$ (tied head) for x (N, C)."""
@@ -188,7 +194,18 @@ class NMArrays:
         return (self.values.shape[0] * self.m // self.n, self.values.shape[1])
 
 
-KERNEL_FORMS = (Int8Arrays, GroupArrays, Q8Arrays, Q4Arrays, LowRankArrays, NMArrays)
+@dataclass(frozen=True, eq=False)
+class TiedArrays:
+    """`TiedEmbedding`: the head's kernel form (C, V); `.shape` is the embedding's (V, C)."""
+
+    head: Any
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.head.shape[::-1])
+
+
+KERNEL_FORMS = (Int8Arrays, GroupArrays, Q8Arrays, Q4Arrays, LowRankArrays, NMArrays, TiedArrays)
 
 
 def kernel_form(w: Any, asarray: Callable[[Any], Any] = np.asarray, dtype: Any = np.float32,
@@ -228,7 +245,17 @@ def kernel_form(w: Any, asarray: Callable[[Any], Any] = np.asarray, dtype: Any =
         return NMArrays(asarray(w.values.astype(dtype)), asarray(w.indices), int(w.n), int(w.m))
     if isinstance(w, K.Masked):
         return asarray(w.dequantize().astype(dtype))
+    if isinstance(w, K.TiedEmbedding):
+        return TiedArrays(kernel_form(w.head, asarray, dtype, scale_dtype))
     raise TypeError(f"weight must be a numpy array or one of minillm.kinds, got {type(w).__name__}")
+
+
+def take_columns(w: Any, idx: Any) -> Any:
+    """The kernel form of output columns `idx` of a quantized kernel form: every array field of
+    `Int8Arrays`, `GroupArrays`, `Q8Arrays` and `Q4Arrays` has the output column as its last axis."""
+    if not isinstance(w, (Int8Arrays, GroupArrays, Q8Arrays, Q4Arrays)):
+        raise TypeError(f"take_columns needs a quantized kernel form, got {type(w).__name__}")
+    return type(w)(*(getattr(w, f.name)[..., idx] for f in fields(w)))
 
 
 class WeightCache:

@@ -121,7 +121,7 @@ def tensor_parallel_forward_with(be: Any, rep: dict[str, Any], config: GPTConfig
     B, T = idx.shape
     C, eps = config.n_embd, config.layer_norm_epsilon
     D = config.head_size
-    x = (rep["wte.weight"][idx] + rep["wpe.weight"][:T]).reshape(B * T, C)  # (BT, C)
+    x = (be.embed(rep["wte.weight"], idx) + rep["wpe.weight"][:T]).reshape(B * T, C)  # (BT, C)
     for i in range(config.n_layer):
         p = f"h.{i}."
         h = be.layer_norm(x, rep[p + "ln_1.weight"], rep[p + "ln_1.bias"], eps)

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from fnmatch import fnmatch
 from typing import Any
 
 import numpy as np
@@ -45,6 +46,7 @@ from ..kinds import (
     Q_BLOCK,
     Int8PerChannel,
     IntPerGroup,
+    TiedEmbedding,
     block_matmul_names,
     check_array,
     check_bits,
@@ -554,11 +556,14 @@ def quantize_weight(w: Any, method: str) -> Any:
 
 
 def quantize_params(params: dict[str, Any], method: str, skip: tuple[str, ...] = ()) -> dict:
-    """A new params dict whose block matmul weights are quantized with `method`.
+    """A new params dict whose matmul weights — every block's and the tied LM head — are quantized.
 
-    Every name ending in ``c_attn.weight``, ``c_proj.weight`` or ``c_fc.weight`` (and not
-    matching a `skip` pattern, e.g. ``("h.0.*",)``) becomes a weight kind; embeddings,
-    LayerNorms and biases stay float32 and are shared with `params`, not copied.
+    Every name ending in ``c_attn.weight``, ``c_proj.weight`` or ``c_fc.weight``, and the token
+    embedding ``wte.weight`` (which is also the LM head, so it becomes a
+    `minillm.kinds.TiedEmbedding` whose head $W_{te}^\\top$ is quantized per vocabulary entry),
+    unless it matches a `skip` pattern (e.g. ``("h.0.*",)``, or ``("wte.weight",)`` to keep the
+    head in float32). Position embeddings, LayerNorms and biases stay float32 and are shared
+    with `params`, not copied.
     """
     if not isinstance(params, dict):
         raise TypeError(f"params must be a dict, got {type(params).__name__}")
@@ -569,6 +574,12 @@ def quantize_params(params: dict[str, Any], method: str, skip: tuple[str, ...] =
             out[name] = quantize_weight(params[name], method)
         except (TypeError, ValueError) as e:  # say which weight failed
             raise type(e)(f"{name}: {e}") from None
+    wte = params.get("wte.weight")
+    if isinstance(wte, np.ndarray) and not any(fnmatch("wte.weight", p) for p in skip):
+        try:
+            out["wte.weight"] = TiedEmbedding(quantize_weight(wte.T, method))  # head (C, V)
+        except (TypeError, ValueError) as e:
+            raise type(e)(f"wte.weight: {e}") from None
     return out
 
 

@@ -107,8 +107,10 @@ def linear_backward(dy: np.ndarray, cache):
     x, w = cache
     n_in, n_out = w.shape
     dx = dy @ w.T  # (..., in)
-    dw = x.reshape(-1, n_in).T @ dy.reshape(-1, n_out)  # (in, out)
-    db = dy.reshape(-1, n_out).sum(axis=0)  # (out,)
+    x2, dy2 = x.reshape(-1, n_in), dy.reshape(-1, n_out)
+    # dW in W's memory order (see nn.gpt.output_major), so optimizer updates run on matching strides
+    dw = (dy2.T @ x2).T if w.flags.f_contiguous and not w.flags.c_contiguous else x2.T @ dy2  # (in, out)
+    db = dy2.sum(axis=0)  # (out,)
     return dx, dw, db
 
 

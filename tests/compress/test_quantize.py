@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from minillm.compress import quantize as Q
-from minillm.kinds import Q4_0, Q8_0, Int8PerChannel, IntPerGroup
+from minillm.kinds import Q4_0, Q8_0, Int8PerChannel, IntPerGroup, TiedEmbedding
 
 rng = np.random.default_rng(0)
 
@@ -326,8 +326,13 @@ def test_quantize_params():
     for name in params:
         if name.endswith(("c_attn.weight", "c_proj.weight", "c_fc.weight")):
             assert isinstance(out[name], Q8_0) and out[name].shape == params[name].shape
+        elif name == "wte.weight":  # the tied head, quantized per vocabulary entry
+            assert isinstance(out[name], TiedEmbedding) and isinstance(out[name].head, Q8_0)
+            assert out[name].shape == (50, C) and out[name].head.shape == (C, 50)
+            np.testing.assert_array_equal(out[name].dequantize(), Q.quantize_weight(params[name].T, "q8_0").dequantize().T)
         else:
             assert out[name] is params[name]
+    assert Q.quantize_params(params, "q8_0", skip=("wte.weight",))["wte.weight"] is params["wte.weight"]
     out = Q.quantize_params(params, "int8", skip=("*.mlp.*",))
     assert out["h.0.mlp.c_fc.weight"] is params["h.0.mlp.c_fc.weight"]
     assert isinstance(out["h.0.attn.c_proj.weight"], Int8PerChannel)

@@ -18,8 +18,10 @@ def _closed_form_bytes(cfg: minillm.GPTConfig, context: int, bytes_per_weight: f
     V, L, C = cfg.vocab_size, cfg.n_layer, cfg.n_embd
     matmul = 12 * C * C * bytes_per_weight  # c_attn 3C², attn c_proj C², c_fc 4C², mlp c_proj 4C²
     small = (3 * C + C + 4 * C + C + 4 * C) * 4  # four biases, two layer norms (float32)
-    return L * (matmul + small) + 2 * C * 4 + V * C * 4 + 2 * C * 4 + 2 * L * context * C * 4
-    #       blocks                ln_f        tied head  token + position rows   keys and values
+    head = V * C * bytes_per_weight  # the tied head, quantized like the blocks
+    rows = C * bytes_per_weight + C * 4  # one token row (quantized) and one position row
+    return L * (matmul + small) + 2 * C * 4 + head + rows + 2 * L * context * C * 4
+    #       blocks                ln_f                       keys and values
 
 
 @pytest.mark.formula("backends.decode-bound")

@@ -186,24 +186,25 @@ def test_batch_speedup():
 def test_quant_bytes_per_token():
     cfg = minillm.GPTConfig.preset("tiny", n_embd=32)  # inputs a multiple of llama.cpp's block of 32
     model = minillm.GPT(cfg, seed=0)
-    names = block_matmul_names(model.params)
-    n_block = sum(model.params[n].size for n in names)
+    names = block_matmul_names(model.params) + ["wte.weight"]  # the tied head is quantized too
+    n_q = sum(model.params[n].size for n in names)
     n_other = sum(v.size for k, v in model.params.items() if k not in names and k != "wpe.weight")
     context = 10
     kv = 2 * cfg.n_layer * context * cfg.n_embd * 4
-    rows = 2 * 4 * cfg.n_embd  # one embedding row for the token and one for the position
     per_weight = {"q8_0": 34 / 32, "q4_0": 18 / 32}
     fp32 = decode_bytes_per_token(model, context)
-    assert fp32 == 4 * (n_block + n_other) + kv + rows
+    assert fp32 == 4 * (n_q + n_other) + kv + 2 * 4 * cfg.n_embd  # + token and position rows
     for method, b in per_weight.items():
         q = minillm.GPT(cfg, params=quantize_params(model.params, method))
-        assert decode_bytes_per_token(q, context) == b * n_block + 4 * n_other + kv + rows
+        rows = b * cfg.n_embd + 4 * cfg.n_embd  # the token's row is stored quantized too
+        assert decode_bytes_per_token(q, context) == b * n_q + 4 * n_other + kv + rows
     # tokens/s_q <= beta / bytes_q, as quantized_speed reports it (prompt 6 + 8 new: context 10)
     dev = Device("fake", "a fake device", {"fp32": 1e12}, mem_bandwidth=5e10, mem_bytes=None, source="test")
     got = C.quantized_speed(model, ("fp32", "q4_0"), backends=["numpy"], prompt_tokens=6, new_tokens=8,
                             repeat=1, device=dev)
     for row, b in zip(got, (4, 18 / 32), strict=True):
-        assert row["memory_bound_tok_s"] == pytest.approx(5e10 / (b * n_block + 4 * n_other + kv + rows))
+        rows = b * cfg.n_embd + 4 * cfg.n_embd
+        assert row["memory_bound_tok_s"] == pytest.approx(5e10 / (b * n_q + 4 * n_other + kv + rows))
 
 
 # (f) the KD example ------------------------------------------------------------------------
