@@ -134,18 +134,41 @@ def kv_speedup_prediction(config, prompt_tokens: int, new_tokens: int) -> float:
     Recomputing at length $t$: $2P_{blk}t + 2LCt(t+1) + 2VC$; a cached step: $2P_{blk} + 4LCt + 2VC$,
     with $P_{blk} = 12LC^2$, summed over $t = P+1 \\ldots P+n$.
     """
+    t = np.arange(prompt_tokens + 1, prompt_tokens + new_tokens + 1, dtype=np.float64)
+    recompute, cached = _step_flops(config, t)
+    return float(recompute.sum() / cached.sum())
+
+
+def _step_flops(config, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """FLOPs of recomputing the prefix at length t, and of one cached step at length t."""
     L, C, V = config.n_layer, config.n_embd, config.vocab_size
     p_blk = 12 * L * C * C
+    return 2 * p_blk * t + 2 * L * C * t * (t + 1) + 2 * V * C, 2 * p_blk + 4 * L * C * t + 2 * V * C
+
+
+def kv_speedup_roofline(model: GPT, prompt_tokens: int, new_tokens: int, peak_flops: float,
+                        bandwidth: float) -> float:  # fmt: skip
+    """Roofline-time prediction of the KV cache's speed-up (see docs/generation.md).
+
+    Each step takes the longer of its compute time and its memory time,
+    $\\max(F/\\pi, \\text{bytes}/\\beta)$: a cached step reads every weight and the cache for
+    two FLOPs per weight (memory-bound), a recompute step reads the weights once for $2t$ FLOPs
+    per weight (compute-bound once $t$ passes the ridge point $\\pi / \\beta$ per byte)."""
     t = np.arange(prompt_tokens + 1, prompt_tokens + new_tokens + 1, dtype=np.float64)
-    recompute = (2 * p_blk * t + 2 * L * C * t * (t + 1) + 2 * V * C).sum()
-    cached = (2 * p_blk + 4 * L * C * t + 2 * V * C).sum()
+    f_recompute, f_cached = _step_flops(model.config, t)
+    weights = decode_bytes_per_token(model, 0)  # every weight once (no cache)
+    cache_bytes = decode_bytes_per_token(model, 1) - weights  # per cached position
+    recompute = np.maximum(f_recompute / peak_flops, weights / bandwidth).sum()
+    cached = np.maximum(f_cached / peak_flops, (weights + cache_bytes * t) / bandwidth).sum()
     return float(recompute / cached)
 
 
 def kv_cache_speedup(model: GPT, prompt_tokens: int = 16, new_tokens: int = 256, backend: Any = "numpy",
-                     seed: int = 0) -> dict[str, Any]:  # fmt: skip
+                     seed: int = 0, device: Any = None) -> dict[str, Any]:  # fmt: skip
     """Measured time to generate `new_tokens` greedily with the KV cache and by recomputing the
-    whole prefix at every step, next to `kv_speedup_prediction`. Both produce the same tokens."""
+    whole prefix at every step, next to `kv_speedup_prediction` (FLOP counts) and, when a
+    `device` with a peak and a bandwidth is given (``hw.devices.cpu_spec()`` for this CPU),
+    `kv_speedup_roofline` (roofline times). Both loops produce the same tokens."""
     cfg = model.config
     if prompt_tokens + new_tokens > cfg.block_size:
         raise ValueError(f"prompt_tokens + new_tokens = {prompt_tokens + new_tokens} exceeds block_size="
@@ -173,11 +196,18 @@ def kv_cache_speedup(model: GPT, prompt_tokens: int = 16, new_tokens: int = 256,
         recomputed_ids.append(int(nxt[0]))
         ids = np.concatenate([ids, nxt[:, None]], axis=1)
     t_recompute = time.perf_counter() - t
-    return {"prompt_tokens": prompt_tokens, "new_tokens": new_tokens, "backend": be.name,
+    result = {"prompt_tokens": prompt_tokens, "new_tokens": new_tokens, "backend": be.name,
             "cached_s": round(t_cached, 4), "recompute_s": round(t_recompute, 4),
             "measured_speedup": round(t_recompute / t_cached, 2),
             "predicted_speedup": round(kv_speedup_prediction(cfg, prompt_tokens, new_tokens), 2),
             "same_tokens": cached_ids == recomputed_ids}  # fmt: skip
+    if device is not None:
+        peak, bw = device.peak("fp32"), device.bandwidth
+        roofline = kv_speedup_roofline(model, prompt_tokens, new_tokens, peak, bw)
+        result |= {"roofline_predicted_speedup": round(roofline, 2),
+                   "device": device.name, "peak_fp32_gflops": round(peak / 1e9, 1),
+                   "bandwidth_gb_s": round(bw / 1e9, 2)}  # fmt: skip
+    return result
 
 
 def bench_train(preset: str = "teacher", steps: int = 10, batch_size: int = 32, vocab_size: int = 77,
@@ -231,3 +261,128 @@ def bench_train(preset: str = "teacher", steps: int = 10, batch_size: int = 32, 
                    "torch_threads": torch.get_num_threads()}  # fmt: skip
         result["ratio"] = round(result["minillm_tok_s"] / result["torch_tok_s"], 3)
     return result
+
+
+# ------------------------------------------------------------------------------------------
+# The measured table in docs/backends.md: every backend and format, on both model shapes.
+SUITE = [(model, backend, weights) for model in ("gpt2", "teacher")
+         for backend, weights in (("numpy", "fp32"), ("numba", "fp32"), ("numba", "int8"), ("numba", "q8_0"),
+                                  ("numba", "q4_0"), ("jax", "fp32"))]  # fmt: skip
+
+# transformers' generate on the GPT-2 124M shape (random weights, greedy, batch 1): the peer the
+# NumPy backend is compared with. Run by `peer_python` (an interpreter with torch + transformers).
+HF_GENERATE = """
+import json, sys, time, torch
+from transformers import GPT2Config, GPT2LMHeadModel
+prompt, new, repeat = map(int, sys.argv[1:4])
+torch.manual_seed(0)
+model = GPT2LMHeadModel(GPT2Config()).eval()
+ids = torch.zeros((1, prompt), dtype=torch.long)
+kw = dict(do_sample=False, pad_token_id=0)
+best = 0.0
+with torch.no_grad():
+    model.generate(ids, max_new_tokens=4, min_new_tokens=4, **kw)
+    for _ in range(repeat):
+        t = time.perf_counter()
+        model.generate(ids, max_new_tokens=new, min_new_tokens=new, **kw)
+        best = max(best, new / (time.perf_counter() - t))
+print(json.dumps({"decode_tok_s": round(best, 2), "torch": torch.__version__, "threads": torch.get_num_threads()}))
+"""
+
+
+def hf_generate_tok_s(peer_python: str, prompt_tokens: int = 16, new_tokens: int = 32, repeat: int = 3) -> dict:
+    """transformers' `generate` speed on the GPT-2 124M shape, run by another interpreter.
+
+    Like the shared baseline script, it times whole `generate` calls (prefill included) and
+    keeps the best of `repeat`."""
+    import json
+    import subprocess
+
+    out = subprocess.run([peer_python, "-c", HF_GENERATE, str(prompt_tokens), str(new_tokens), str(repeat)],
+                         capture_output=True, text=True, check=True)  # fmt: skip
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def bench_suite(rounds: int = 3, peer_python: str | None = None, kv_cache: bool = True,
+                progress: bool = True) -> dict[str, Any]:  # fmt: skip
+    """Every `SUITE` entry, `rounds` times interleaved (so a noisy minute hits all of them), plus
+    transformers' generate (if `peer_python` is given) and the KV-cache speed-ups.
+
+    Each round runs `bench_decode` (best of 3 runs of prompt 16 + 32 new tokens) per entry; the
+    result keeps every round and the median, and the ratios the backends targets are stated in,
+    computed per round (a ratio of two numbers measured a few seconds apart) and summarised by
+    their median."""
+    from tqdm.auto import tqdm
+
+    from .compress.quantize import quantize_params
+    from .config import GPTConfig
+    from .hw.devices import get_device
+    from .io import load
+
+    cpu = get_device("cpu")
+    base = {"gpt2": GPT(GPTConfig.preset("gpt2"), seed=0), "teacher": load("teacher")}
+    models = {}
+    for name, _, weights in SUITE:
+        if (name, weights) not in models:
+            m = base[name]
+            models[name, weights] = m if weights == "fp32" else GPT(m.config, params=quantize_params(m.params, weights))
+    runs: dict[str, list[dict[str, Any]]] = {f"{m}/{b}/{w}": [] for m, b, w in SUITE}
+    peer: list[float] = []
+    bar = tqdm(total=rounds * (len(SUITE) + (peer_python is not None)), desc="bench suite", disable=not progress)
+    for _ in range(rounds):
+        for name, backend, weights in SUITE:
+            res = bench_decode(models[name, weights], backend, 16, 32, repeat=3, bandwidth_gb_s=cpu.bandwidth / 1e9)
+            runs[f"{name}/{backend}/{weights}"].append(res)
+            bar.update()
+            if peer_python and (name, backend, weights) == ("gpt2", "numpy", "fp32"):
+                peer.append(hf_generate_tok_s(peer_python)["decode_tok_s"])
+                bar.update()
+    bar.close()
+    rows = []
+    for key, rs in runs.items():
+        name, backend, weights = key.split("/")
+        tok = [r["decode_tok_s"] for r in rs]
+        rows.append({"model": name, "backend": backend, "weights": weights, "decode_tok_s": tok,
+                     "median_tok_s": float(np.median(tok)),
+                     "prefill_tok_s": float(np.median([r["prefill_tok_s"] for r in rs])),
+                     "bytes_per_token": rs[0]["bytes_per_token"],
+                     "median_gb_s": float(np.median([r["achieved_gb_s"] for r in rs])),
+                     "roofline_tok_s": rs[0]["roofline_tok_s"],
+                     "roofline_frac": float(np.median([r["roofline_frac"] for r in rs])),
+                     "warmup_s": float(np.median([r["warmup_s"] for r in rs]))})  # fmt: skip
+
+    def ratio(a: str, b: str | list[float]) -> dict[str, Any]:
+        num = [r["decode_tok_s"] for r in runs[a]]
+        den = b if isinstance(b, list) else [r["decode_tok_s"] for r in runs[b]]
+        per_round = [round(x / y, 3) for x, y in zip(num, den, strict=True)]
+        return {"per_round": per_round, "median": float(np.median(per_round))}
+
+    ratios = {"numba int8 / numpy fp32 (gpt2)": ratio("gpt2/numba/int8", "gpt2/numpy/fp32"),
+              "numba q4_0 / numba int8 (gpt2)": ratio("gpt2/numba/q4_0", "gpt2/numba/int8"),
+              "jax fp32 / numpy fp32 (gpt2)": ratio("gpt2/jax/fp32", "gpt2/numpy/fp32"),
+              "jax fp32 / numpy fp32 (teacher)": ratio("teacher/jax/fp32", "teacher/numpy/fp32")}  # fmt: skip
+    if peer:
+        ratios = {"numpy fp32 / transformers generate (gpt2)": ratio("gpt2/numpy/fp32", peer)} | ratios
+    result: dict[str, Any] = {"machine": machine_info(), "threads": _thread_info(),
+                              "bandwidth_gb_s": round(cpu.bandwidth / 1e9, 2),
+                              "peak_fp32_gflops": round(cpu.peak("fp32") / 1e9, 1), "rounds": rounds,
+                              "decode": rows, "transformers_tok_s": peer, "ratios": ratios}  # fmt: skip
+    if kv_cache:
+        result["kv_cache"] = [kv_cache_speedup(base["gpt2"], 16, 256, device=cpu),
+                              kv_cache_speedup(base["teacher"], 16, 100, device=cpu)]  # fmt: skip
+        result["kv_cache"][0]["model"], result["kv_cache"][1]["model"] = "gpt2", "teacher"
+    return result
+
+
+def _thread_info() -> dict[str, Any]:
+    """Thread pools in use: Numba's layer and thread count, and the environment that sets them."""
+    import os
+
+    info: dict[str, Any] = {k: os.environ[k] for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "GOMP_SPINCOUNT",
+                                                       "NUMBA_NUM_THREADS") if k in os.environ}  # fmt: skip
+    try:
+        be = backends.get("numba")
+        info |= {"numba_layer": be.threading_layer, "numba_threads": be.threads}
+    except backends.BackendUnavailable:
+        pass
+    return info

@@ -168,6 +168,13 @@ def cmd_bench(a: argparse.Namespace) -> int:
     from .nn.gpt import GPT
 
     backends.get(a.backend)  # an unknown or unavailable backend fails before any work
+    if a.suite:
+        from .bench import bench_suite
+
+        res = bench_suite(rounds=a.repeat, peer_python=a.peer_python)
+        print(json.dumps(res["ratios"], indent=2))
+        _write_json(a.suite, res)
+        return 0
     if a.train:
         res = bench_train("teacher" if a.model == "gpt2" else a.model, steps=a.repeat + 2)
         res["machine"] = machine_info()
@@ -185,7 +192,10 @@ def cmd_bench(a: argparse.Namespace) -> int:
         model = GPT(model.config, params=quantize_params(model.params, a.weights),
                     tokenizer=model.tokenizer)  # fmt: skip
     if a.kv_cache:
-        res = kv_cache_speedup(model, a.prompt_tokens, a.tokens, backend=a.backend)
+        from .hw.devices import get_device
+
+        res = kv_cache_speedup(model, a.prompt_tokens, a.tokens, backend=a.backend,
+                               device=get_device("cpu") if a.bandwidth else None)  # fmt: skip
     else:
         res = bench_decode(model, a.backend, a.prompt_tokens, a.tokens, repeat=a.repeat,
                            bandwidth_gb_s=_bandwidth() if a.bandwidth else None)  # fmt: skip
@@ -306,6 +316,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--train", action="store_true", help="training tokens/s of minillm (and PyTorch if installed)")
     b.add_argument("--kv-cache", action="store_true", help="KV cache vs recomputing the prefix, with the "
                    "FLOP-count prediction")  # fmt: skip
+    b.add_argument("--suite", metavar="PATH", help="every backend and format on gpt2 and the teacher, --repeat "
+                   "rounds interleaved, plus the KV-cache speed-ups: JSON to PATH (docs/results/bench.json)")
+    b.add_argument("--peer-python", metavar="PYTHON", help="with --suite: an interpreter with torch and "
+                   "transformers, to time transformers' generate in the same run")  # fmt: skip
     b.add_argument("--no-bandwidth", dest="bandwidth", action="store_false",
                    help="skip measuring memory bandwidth (no roofline fraction)")  # fmt: skip
     backend_arg(b)

@@ -7,7 +7,9 @@
   results committed at `docs/results/tour.json` (made by ``minillm tour --json
   docs/results/tour.json --out docs/results``);
 - ``tradeoffs`` in `docs/results.md`, from `docs/results/tradeoffs.json` (made by
-  ``minillm tour --tradeoffs docs/results/tradeoffs.json``).
+  ``minillm tour --tradeoffs docs/results/tradeoffs.json``);
+- ``bench`` in `docs/backends.md`, from `docs/results/bench.json` (made by
+  ``minillm bench --suite docs/results/bench.json --peer-python PYTHON_WITH_TORCH``).
 
 `tests/test_docgen.py` fails if a marked section differs from what this module renders, so a
 stale or hand-edited number cannot slip in.
@@ -26,6 +28,12 @@ from .io import WEIGHTS_DIR
 ROOT = Path(__file__).resolve().parent.parent
 TOUR_JSON = ROOT / "docs" / "results" / "tour.json"
 TRADEOFFS_JSON = ROOT / "docs" / "results" / "tradeoffs.json"
+BENCH_JSON = ROOT / "docs" / "results" / "bench.json"
+# The backends' speed targets: (ratio name in bench.json, at least)
+SPEED_TARGETS = {"numpy fp32 / transformers generate (gpt2)": 2.5, "numba int8 / numpy fp32 (gpt2)": 3.0,
+                 "numba q4_0 / numba int8 (gpt2)": 1.0, "jax fp32 / numpy fp32 (gpt2)": 1.0,
+                 "jax fp32 / numpy fp32 (teacher)": 1.0}
+ROOFLINE_TARGET = 0.75  # every format reaches this fraction of its bandwidth limit
 MODELS = ["teacher", "student-scratch", "student-distilled", "teacher-prune50", "teacher-2of4", "teacher-lowrank50",
           "teacher-ft400"]
 
@@ -110,6 +118,47 @@ def render_headline(result: dict[str, Any]) -> str:
     return markdown_table(result) + "\n"
 
 
+def render_bench(result: dict[str, Any]) -> str:
+    """The measured speed table of docs/backends.md, with every target met or missed."""
+    m, th = result["machine"], result.get("threads", {})
+    out = [f"Measured on {m['cpu']} ({m['cores']} cores), {m['date']}; Python {m['python']}, NumPy {m['numpy']}; "
+           f"Numba thread pool `{th.get('numba_layer', '?')}` with {th.get('numba_threads', '?')} threads. "
+           f"This CPU's memory bandwidth {result['bandwidth_gb_s']} GB/s and float32 peak "
+           f"{result['peak_fp32_gflops']} GFLOP/s are measured by `minillm.hw.devices`. Prompt 16 + 32 new "
+           f"tokens, batch 1; each entry ran {result['rounds']} times, interleaved with the others (best of 3 "
+           f"runs each time): the median, and the range.", "",
+           "| model | backend | weights | decode tok/s | (range) | prefill tok/s | bytes / token | GB/s "
+           "| of the bandwidth limit |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for r in result["decode"]:
+        lo, hi = min(r["decode_tok_s"]), max(r["decode_tok_s"])
+        out.append(f"| {r['model']} | {r['backend']} | {r['weights']} | {r['median_tok_s']:.1f} | {lo:.0f}–{hi:.0f} "
+                   f"| {r['prefill_tok_s']:.0f} | {r['bytes_per_token'] / 1e6:.1f} MB | {r['median_gb_s']:.1f} "
+                   f"| {100 * r['roofline_frac']:.0f} % |")  # fmt: skip
+    if result.get("transformers_tok_s"):
+        t = result["transformers_tok_s"]
+        out += ["", f"transformers' `generate` (PyTorch, same shape and run, prefill included as in its usual "
+                    f"benchmark): {', '.join(f'{v:.1f}' for v in t)} tok/s."]  # fmt: skip
+    out += ["", "| target | measured (median) | each round | |", "|---|---|---|---|"]
+    for name, r in result["ratios"].items():
+        need = SPEED_TARGETS.get(name)
+        verdict = "" if need is None else ("met" if r["median"] >= need else "**missed**")
+        goal = f"≥ {need:g}×" if need is not None else ""
+        out.append(f"| {name} {goal} | {r['median']:.2f}× | {', '.join(f'{v:.2f}' for v in r['per_round'])} "
+                   f"| {verdict} |")  # fmt: skip
+    below = [f"{r['model']} {r['backend']} {r['weights']} ({100 * r['roofline_frac']:.0f} %)"
+             for r in result["decode"] if r["roofline_frac"] < ROOFLINE_TARGET]  # fmt: skip
+    out += ["", f"Formats at {100 * ROOFLINE_TARGET:.0f} % of their bandwidth limit or more: "
+                + ("all." if not below else f"not all — below it: {', '.join(below)}.")]  # fmt: skip
+    if result.get("kv_cache"):
+        out += ["", "| KV cache vs recomputing | new tokens | cached | recomputed | measured speed-up "
+                    "| FLOP-count prediction | roofline prediction |", "|---|---|---|---|---|---|---|"]  # fmt: skip
+        for k in result["kv_cache"]:
+            out.append(f"| {k['model']} ({k['backend']}) | {k['new_tokens']} after {k['prompt_tokens']} "
+                       f"| {k['cached_s']:.2f} s | {k['recompute_s']:.2f} s | {k['measured_speedup']:.2f}× "
+                       f"| {k['predicted_speedup']:.2f}× | {k['roofline_predicted_speedup']:.2f}× |")  # fmt: skip
+    return "\n".join(out) + "\n"
+
+
 def update(check: bool = False) -> list[str]:
     """Rewrite (or, with `check`, only compare) every generated section; returns the stale ones."""
     stale = []
@@ -123,6 +172,8 @@ def update(check: bool = False) -> list[str]:
 
         body = tradeoffs_markdown(json.loads(TRADEOFFS_JSON.read_text())) + "\n"
         targets.append((ROOT / "docs" / "results.md", "tradeoffs", body))
+    if BENCH_JSON.is_file():
+        targets.append((ROOT / "docs" / "backends.md", "bench", render_bench(json.loads(BENCH_JSON.read_text()))))
     for path, name, body in targets:
         text = path.read_text()
         if section(text, name) != body.rstrip("\n") + "\n":

@@ -7,7 +7,7 @@ import pytest
 
 import minillm
 from minillm import backends
-from minillm.bench import kv_speedup_prediction
+from minillm.bench import kv_speedup_prediction, kv_speedup_roofline
 from minillm.generate import sample
 from minillm.nn.gpt import KVCache
 
@@ -28,6 +28,25 @@ def test_kv_speedup_prediction_by_direct_summation():
     recompute = sum(2 * blk * t + 4 * L * C * sum(range(1, t + 1)) + 2 * V * C for t in range(P + 1, P + n + 1))
     cached = sum(2 * blk + 4 * L * C * t + 2 * V * C for t in range(P + 1, P + n + 1))
     assert kv_speedup_prediction(cfg, P, n) == pytest.approx(recompute / cached, rel=1e-12)
+
+
+@pytest.mark.formula("generation.kv-speedup-roofline")
+def test_kv_speedup_roofline_by_direct_summation():
+    cfg = minillm.GPTConfig.preset("teacher")
+    model = minillm.GPT(cfg, seed=0)
+    L, C, V = cfg.n_layer, cfg.n_embd, cfg.vocab_size
+    W = 4 * sum(w.size for name, w in model.params.items() if name != "wpe.weight") + 8 * C  # + 2 rows
+    K = 2 * L * C * 4  # one position's keys and values, float32
+    blk = 12 * L * C * C
+    P, n, peak, bw = 16, 100, 2e11, 5e10
+    recompute = sum(max((2 * blk * t + 4 * L * C * sum(range(1, t + 1)) + 2 * V * C) / peak, W / bw)
+                    for t in range(P + 1, P + n + 1))
+    cached = sum(max((2 * blk + 4 * L * C * t + 2 * V * C) / peak, (W + K * t) / bw) for t in range(P + 1, P + n + 1))
+    got = kv_speedup_roofline(model, P, n, peak, bw)
+    assert got == pytest.approx(recompute / cached, rel=1e-12)
+    assert 1 < got < kv_speedup_prediction(cfg, P, n)  # the memory-bound cached steps gain less
+    # with unlimited bandwidth the roofline prediction is the FLOP-count prediction
+    assert kv_speedup_roofline(model, P, n, peak, 1e30) == pytest.approx(kv_speedup_prediction(cfg, P, n), rel=1e-12)
 
 
 @pytest.mark.formula("generation.temperature")
