@@ -34,6 +34,7 @@ from .. import kinds as K
 from . import BackendUnavailable
 from .numpy_ import (
     KERNEL_FORMS,
+    DenseRows,
     GroupArrays,
     Int8Arrays,
     LowRankArrays,
@@ -99,9 +100,15 @@ class ArrayBackend(NumpyBackend):
         """The one matrix product every kernel uses (JAX overrides it to fix the precision)."""
         return a @ b
 
+    def mm_t(self, a: Any, bt: Any) -> Any:
+        """$a B$ for B held transposed, bt = $B^\\top$ (JAX overrides it to contract without a transpose)."""
+        return self.mm(a, bt.T)
+
     def dequantize(self, w: Any) -> Any:
         """The dense float32 (in, out) matrix of a kernel form, built with `xp` operations."""
         xp, f32 = self.xp, np.float32
+        if isinstance(w, DenseRows):
+            return w.wt.T.astype(f32)
         n_in, n_out = w.shape
         if isinstance(w, Int8Arrays):
             return w.q.astype(f32) * w.scale.astype(f32)
@@ -129,6 +136,8 @@ class ArrayBackend(NumpyBackend):
 
     def matmul(self, x: Any, w: Any) -> Any:
         """$xW$ for a dense device array or a kernel form."""
+        if isinstance(w, DenseRows):
+            return self.mm_t(x, w.wt)
         if isinstance(w, Int8Arrays):  # the per-column scale factors out of the sum
             return self.mm(x, w.q.astype(self.dtype)) * w.scale.astype(self.dtype)
         if isinstance(w, LowRankArrays):
@@ -188,7 +197,7 @@ class ArrayBackend(NumpyBackend):
         wte = self.put(wte)
         if isinstance(wte, TiedArrays):  # the head's product, from its codes
             return self.matmul(x, wte.head).astype(np.float32)
-        return self.mm(x, wte.T).astype(np.float32)  # (N, V) logits in float32
+        return self.mm_t(x, wte).astype(np.float32)  # (N, V) logits in float32
 
     # --- the KV cache ----------------------------------------------------------------------
     def kv_alloc(self, n_layer: int, B: int, H: int, T: int, D: int, dtype=None) -> tuple:

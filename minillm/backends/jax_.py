@@ -33,7 +33,7 @@ import numpy as np
 from jax import lax
 
 from .cupy_ import ArrayBackend
-from .numpy_ import GroupArrays, Int8Arrays, LowRankArrays, NMArrays, Q4Arrays, Q8Arrays, TiedArrays
+from .numpy_ import DenseRows, GroupArrays, Int8Arrays, LowRankArrays, NMArrays, Q4Arrays, Q8Arrays, TiedArrays
 
 # The kernel forms are JAX pytrees, so a params dict holding quantized weights can be passed to
 # a jitted function: arrays are traced leaves, N:M's n and m are static.
@@ -45,6 +45,7 @@ for _cls, _data, _meta in (
     (LowRankArrays, ["a", "b"], []),
     (NMArrays, ["values", "indices"], ["n", "m"]),
     (TiedArrays, ["head"], []),
+    (DenseRows, ["wt"], []),
 ):
     jax.tree_util.register_dataclass(_cls, data_fields=_data, meta_fields=_meta)
 
@@ -89,6 +90,13 @@ class JaxBackend(ArrayBackend):
 
     def mm(self, a: Any, b: Any) -> Any:
         y = jnp.matmul(a, b, precision=self._precision, preferred_element_type=jnp.float32)
+        return y.astype(self.dtype)
+
+    def mm_t(self, a: Any, bt: Any) -> Any:
+        """$a B$ with bt = $B^\\top$: one `dot_general` contracting both last axes, so XLA reads bt
+        in place (``a @ bt.T`` made XLA copy the transposed weight at every step here)."""
+        dims = (((a.ndim - 1,), (1,)), ((), ()))
+        y = lax.dot_general(a, bt, dims, precision=self._precision, preferred_element_type=jnp.float32)
         return y.astype(self.dtype)
 
     def kv_write(self, cache: tuple, layer: int, pos0: Any, k: Any, v: Any) -> tuple:
