@@ -316,12 +316,13 @@ def quantized_speed(model: GPT, methods: Sequence[str] = QUANT_METHODS,
                     backends: Sequence[str] | None = None, prompt_tokens: int = 8,
                     new_tokens: int = 16, repeat: int = 2,
                     device: Any = "cpu") -> list[dict[str, Any]]:  # fmt: skip
-    """Batch-1 decode speed of `model` with its block weights in each format, on each backend.
+    """Batch-1 decode speed of `model` with its weights in each format, on each backend.
 
     `methods` are ``"fp32"`` (the model as given) and methods of
     `minillm.compress.quantize.quantize_params` (``"int8"``, ``"q8_0"``, ``"q4_0"``, ...).
     Each row: ``backend``, ``method``, ``bytes_per_token`` (the stored bytes a decode step must
-    read: block weights in their format, the float32 embeddings and LM head, the KV cache),
+    read: block weights and the tied embedding / LM head in their format, the float32 norms,
+    biases and position row, the KV cache),
     measured ``decode_tok_s`` and ``ms_per_token``, ``speedup`` over the first method (fp32 by
     default) on the same backend, ``bytes_ratio`` (its bytes / these bytes: the most a
     memory-bound kernel can gain) and

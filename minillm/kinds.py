@@ -39,7 +39,8 @@ from typing import Any
 import numpy as np
 
 # The four matmul weights of a GPT-2 block; these are the weights compression replaces.
-# Embeddings (wte, wpe), LayerNorms and biases stay float32.
+# Position embeddings, LayerNorms and biases stay float32; the token embedding, which is also the
+# LM head, may be quantized as a `TiedEmbedding`.
 BLOCK_MATMUL_SUFFIXES = (
     "attn.c_attn.weight",
     "attn.c_proj.weight",

@@ -1461,8 +1461,8 @@ plt.show()
     md(r'''
 ## What it costs in quality
 
-Finally the whole teacher, every block matrix quantized with each method
-(`quantize_params`; embeddings, LayerNorms and biases stay float32), evaluated on the first
+Finally the whole teacher, every block matrix and the tied embedding / LM head quantized with
+each method (`quantize_params`; position embeddings, LayerNorms and biases stay float32), evaluated on the first
 20,000 characters of the validation plays. The table gives the total stored bytes, the bits per
 weight of the quantized matrices, and the validation loss with its change from float32.
 '''),

@@ -11,7 +11,9 @@ A recipe is a ``+``-separated list of steps applied in order to a model's params
 
 Pruning and low rank change *which* values exist and can be followed by fine-tuning
 (`finetune`); quantization then changes *how* the survivors are stored. For example
-``prune:0.5+int8`` or ``lowrank:0.5``. Embeddings, LayerNorms and biases stay float32.
+``prune:0.5+int8`` or ``lowrank:0.5``. Quantization also covers the tied token embedding (it is
+the LM head; see `minillm.kinds.TiedEmbedding`); position embeddings, LayerNorms and biases stay
+float32.
 """
 
 from __future__ import annotations
