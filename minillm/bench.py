@@ -69,13 +69,13 @@ def bench_decode(model: GPT, backend: Any = "numpy", prompt_tokens: int = 16, ne
         cache = KVCache.allocate(cfg, batch, be)
         t = time.perf_counter()
         logits = forward(params, cfg, prompt, cache, be, last_only=True)
-        nxt = np.asarray(be.to_numpy(logits[:, -1])).argmax(-1)  # forces the work to finish
+        nxt = np.asarray(be.to_numpy(logits))[:, -1].argmax(-1)  # forces the work to finish
         t_prefill = time.perf_counter() - t
         out = [nxt]
         t = time.perf_counter()
         for _ in range(new_tokens - 1):
             logits = forward(params, cfg, nxt[:, None], cache, be, last_only=True)
-            nxt = np.asarray(be.to_numpy(logits[:, -1])).argmax(-1)
+            nxt = np.asarray(be.to_numpy(logits))[:, -1].argmax(-1)
             out.append(nxt)
         t_decode = time.perf_counter() - t
         return t_prefill, t_decode, np.stack(out, 1)
@@ -182,7 +182,7 @@ def kv_cache_speedup(model: GPT, prompt_tokens: int = 16, new_tokens: int = 256,
     logits = forward(params, cfg, prompt, cache, be, last_only=True)
     cached_ids = []
     for _ in range(new_tokens):
-        nxt = np.asarray(be.to_numpy(logits[:, -1])).argmax(-1)
+        nxt = np.asarray(be.to_numpy(logits))[:, -1].argmax(-1)
         cached_ids.append(int(nxt[0]))
         logits = forward(params, cfg, nxt[:, None], cache, be, last_only=True)
     t_cached = time.perf_counter() - t
@@ -192,7 +192,7 @@ def kv_cache_speedup(model: GPT, prompt_tokens: int = 16, new_tokens: int = 256,
     recomputed_ids = []
     for _ in range(new_tokens):
         logits = forward(params, cfg, ids, None, be, last_only=True)  # the whole prefix, every step
-        nxt = np.asarray(be.to_numpy(logits[:, -1])).argmax(-1)
+        nxt = np.asarray(be.to_numpy(logits))[:, -1].argmax(-1)
         recomputed_ids.append(int(nxt[0]))
         ids = np.concatenate([ids, nxt[:, None]], axis=1)
     t_recompute = time.perf_counter() - t
@@ -265,9 +265,28 @@ def bench_train(preset: str = "teacher", steps: int = 10, batch_size: int = 32, 
 
 # ------------------------------------------------------------------------------------------
 # The measured table in docs/backends.md: every backend and format, on both model shapes.
-SUITE = [(model, backend, weights) for model in ("gpt2", "teacher")
-         for backend, weights in (("numpy", "fp32"), ("numba", "fp32"), ("numba", "int8"), ("numba", "q8_0"),
-                                  ("numba", "q4_0"), ("jax", "fp32"))]  # fmt: skip
+# "fp32-input-major" is float32 with the block weights in (in, out) row-major order instead of
+# output-major (`minillm.nn.gpt.output_major`): the same numbers, the other memory layout.
+SUITE_FORMATS = (("numpy", "fp32"), ("numpy", "fp32-input-major"), ("numba", "fp32"), ("numba", "int8"),
+                 ("numba", "q8_0"), ("numba", "q4_0"), ("jax", "fp32"))
+SUITE = [(model, backend, weights) for model in ("gpt2", "teacher") for backend, weights in SUITE_FORMATS]
+
+
+def input_major(params: dict[str, Any]) -> dict[str, Any]:
+    """`params` with every array in C (row-major) order: dense (in, out) weights input-major."""
+    return {name: np.ascontiguousarray(w) if isinstance(w, np.ndarray) else w for name, w in params.items()}
+
+
+def with_weights(model: GPT, weights: str) -> GPT:
+    """`model` with its weights as `bench --weights` names them: ``fp32`` (as stored),
+    ``fp32-input-major`` (see `input_major`) or a `quantize_params` method."""
+    if weights == "fp32":
+        return model
+    if weights == "fp32-input-major":
+        return GPT(model.config, params=input_major(model.params), tokenizer=model.tokenizer)
+    from .compress.quantize import quantize_params
+
+    return GPT(model.config, params=quantize_params(model.params, weights), tokenizer=model.tokenizer)
 
 # transformers' generate on the GPT-2 124M shape (random weights, greedy, batch 1): the peer the
 # NumPy backend is compared with. Run by `peer_python` (an interpreter with torch + transformers).
@@ -314,18 +333,13 @@ def bench_suite(rounds: int = 3, peer_python: str | None = None, kv_cache: bool 
     their median."""
     from tqdm.auto import tqdm
 
-    from .compress.quantize import quantize_params
     from .config import GPTConfig
     from .hw.devices import get_device
     from .io import load
 
     cpu = get_device("cpu")
     base = {"gpt2": GPT(GPTConfig.preset("gpt2"), seed=0), "teacher": load("teacher")}
-    models = {}
-    for name, _, weights in SUITE:
-        if (name, weights) not in models:
-            m = base[name]
-            models[name, weights] = m if weights == "fp32" else GPT(m.config, params=quantize_params(m.params, weights))
+    models = {(name, weights): with_weights(base[name], weights) for name, _, weights in SUITE}
     runs: dict[str, list[dict[str, Any]]] = {f"{m}/{b}/{w}": [] for m, b, w in SUITE}
     peer: list[float] = []
     bar = tqdm(total=rounds * (len(SUITE) + (peer_python is not None)), desc="bench suite", disable=not progress)
@@ -357,7 +371,8 @@ def bench_suite(rounds: int = 3, peer_python: str | None = None, kv_cache: bool 
         per_round = [round(x / y, 3) for x, y in zip(num, den, strict=True)]
         return {"per_round": per_round, "median": float(np.median(per_round))}
 
-    ratios = {"numba int8 / numpy fp32 (gpt2)": ratio("gpt2/numba/int8", "gpt2/numpy/fp32"),
+    ratios = {"numpy fp32: output-major / input-major (gpt2)": ratio("gpt2/numpy/fp32", "gpt2/numpy/fp32-input-major"),
+              "numba int8 / numpy fp32 (gpt2)": ratio("gpt2/numba/int8", "gpt2/numpy/fp32"),
               "numba q4_0 / numba int8 (gpt2)": ratio("gpt2/numba/q4_0", "gpt2/numba/int8"),
               "jax fp32 / numpy fp32 (gpt2)": ratio("gpt2/jax/fp32", "gpt2/numpy/fp32"),
               "jax fp32 / numpy fp32 (teacher)": ratio("teacher/jax/fp32", "teacher/numpy/fp32")}  # fmt: skip

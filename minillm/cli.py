@@ -56,10 +56,10 @@ def _float_in(lo: float, hi: float, lo_open: bool, hi_open: bool = True):
 def _weights(text: str) -> str:
     from .compress.quantize import _GROUP_METHOD
 
-    if text in ("fp32", "int8", "q8_0", "q4_0") or _GROUP_METHOD.fullmatch(text):
+    if text in ("fp32", "fp32-input-major", "int8", "q8_0", "q4_0") or _GROUP_METHOD.fullmatch(text):
         return text
-    raise argparse.ArgumentTypeError(f"must be fp32, int8, q8_0, q4_0 or int<b>-g<G> (b in 2..8, e.g. "
-                                     f"int4-g32), got {text!r}")  # fmt: skip
+    raise argparse.ArgumentTypeError(f"must be fp32, fp32-input-major, int8, q8_0, q4_0 or int<b>-g<G> (b in "
+                                     f"2..8, e.g. int4-g32), got {text!r}")  # fmt: skip
 
 
 def _load_model(name: str):
@@ -163,7 +163,7 @@ def cmd_distill(a: argparse.Namespace) -> int:
 
 def cmd_bench(a: argparse.Namespace) -> int:
     from . import backends
-    from .bench import bench_decode, bench_train, kv_cache_speedup, machine_info
+    from .bench import bench_decode, bench_train, kv_cache_speedup, machine_info, with_weights
     from .config import GPTConfig
     from .nn.gpt import GPT
 
@@ -186,11 +186,7 @@ def cmd_bench(a: argparse.Namespace) -> int:
         model = GPT(GPTConfig.preset("gpt2"), seed=0)  # random weights: speed does not need real ones
     else:
         model = _load_model(a.model)
-    if a.weights != "fp32":
-        from .compress.quantize import quantize_params
-
-        model = GPT(model.config, params=quantize_params(model.params, a.weights),
-                    tokenizer=model.tokenizer)  # fmt: skip
+    model = with_weights(model, a.weights)
     if a.kv_cache:
         from .hw.devices import get_device
 
@@ -308,7 +304,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("bench", help="measure prefill/decode tokens/s (JSON)")
     b.add_argument("--model", default="gpt2", help="gpt2 (124M shape, random weights) or a model")
-    b.add_argument("--weights", type=_weights, default="fp32", help="fp32, int8, q8_0, q4_0, int4-g32")
+    b.add_argument("--weights", type=_weights, default="fp32", help="fp32, int8, q8_0, q4_0, int4-g32, or "
+                   "fp32-input-major (float32 with (in, out) row-major matrices, to measure the layout)")
     b.add_argument("--prompt-tokens", type=_int_at_least(1), default=16)
     b.add_argument("--tokens", type=_int_at_least(1), default=32)
     b.add_argument("--repeat", type=_int_at_least(1), default=3)

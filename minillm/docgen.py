@@ -145,10 +145,12 @@ def render_bench(result: dict[str, Any]) -> str:
         goal = f"≥ {need:g}×" if need is not None else ""
         out.append(f"| {name} {goal} | {r['median']:.2f}× | {', '.join(f'{v:.2f}' for v in r['per_round'])} "
                    f"| {verdict} |")  # fmt: skip
-    below = [f"{r['model']} {r['backend']} {r['weights']} ({100 * r['roofline_frac']:.0f} %)"
-             for r in result["decode"] if r["roofline_frac"] < ROOFLINE_TARGET]  # fmt: skip
-    out += ["", f"Formats at {100 * ROOFLINE_TARGET:.0f} % of their bandwidth limit or more: "
-                + ("all." if not below else f"not all — below it: {', '.join(below)}.")]  # fmt: skip
+    below = [f"{r['backend']} {r['weights']} ({100 * r['roofline_frac']:.0f} %)"
+             for r in result["decode"] if r["model"] == "gpt2" and r["roofline_frac"] < ROOFLINE_TARGET]  # fmt: skip
+    out += ["", f"GPT-2 shape, every format at ≥ {100 * ROOFLINE_TARGET:.0f} % of its bandwidth limit: "
+                + ("met." if not below else f"**missed** by {', '.join(below)}.")
+                + " (The teacher's few MB fit in the CPU's caches, so main-memory bandwidth does not bound it; "
+                  "its column shows how far per-step overheads keep it from that bound.)"]  # fmt: skip
     if result.get("kv_cache"):
         out += ["", "| KV cache vs recomputing | new tokens | cached | recomputed | measured speed-up "
                     "| FLOP-count prediction | roofline prediction |", "|---|---|---|---|---|---|---|"]  # fmt: skip

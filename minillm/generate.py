@@ -113,7 +113,7 @@ def _stream(model: GPT, idx: np.ndarray, max_new_tokens: int, temperature: float
     context = idx  # tokens whose k/v are (or will be) in the cache
     logits = forward(params, cfg, context, cache, be, last_only=True)  # prefill
     for step in range(max_new_tokens):
-        nxt = sample(be.to_numpy(logits[:, -1]), rng, temperature, top_k, top_p)  # (B,)
+        nxt = sample(np.asarray(be.to_numpy(logits))[:, -1], rng, temperature, top_k, top_p)  # (B,)
         yield nxt
         if step == max_new_tokens - 1:
             break  # the last token's logits are never needed

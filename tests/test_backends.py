@@ -175,6 +175,31 @@ def test_lm_head(be):
     assert np.all(np.abs(got - exact) <= 36 * EPS32 * (np.abs(x) @ np.abs(wte).T))
 
 
+@pytest.mark.parametrize("method", ["int8", "q8_0", "q4_0", "int4-g32"])
+def test_embed_and_head_of_a_quantized_tied_embedding(be, method):
+    wte = (RNG.standard_normal((50, 64)) * 0.1).astype(np.float32)
+    tied = K.TiedEmbedding(quantize_weight(wte.T, method))
+    dense = tied.dequantize()
+    w = be.prepare({"wte.weight": tied})["wte.weight"]
+    idx = np.array([[3, 49, 3], [0, 1, 2]])
+    np.testing.assert_allclose(to_np(be, be.embed(w, be.asarray(idx))), dense[idx], rtol=0, atol=1e-7)
+    x = RNG.standard_normal((3, 64)).astype(np.float32)
+    exact = x.astype(np.float64) @ dense.T.astype(np.float64)
+    got = to_np(be, be.lm_head(be.asarray(x), w))
+    assert np.all(np.abs(got - exact) <= 80 * EPS32 * (np.abs(x) @ np.abs(dense).T) + 1e-6)
+
+
+def test_whole_model_with_input_major_weights(be, small_model):
+    """The memory layout of dense weights changes speed, never the result."""
+    from minillm.bench import input_major
+
+    assert small_model.params["h.0.mlp.c_fc.weight"].flags.f_contiguous  # output-major by default
+    c_order = minillm.GPT(SMALL, params=input_major(small_model.params))
+    assert c_order.params["h.0.mlp.c_fc.weight"].flags.c_contiguous
+    idx = np.random.default_rng(4).integers(0, SMALL.vocab_size, (2, 9))
+    np.testing.assert_allclose(c_order.forward(idx, backend=be), small_model.forward(idx), rtol=0, atol=1e-4)
+
+
 # ------------------------------------------------------------------------------------------
 # The whole model: logits within 1e-4 of NumPy and identical greedy tokens for 32 steps.
 SMALL = minillm.GPTConfig(vocab_size=96, block_size=64, n_layer=2, n_head=4, n_embd=64)
@@ -378,3 +403,22 @@ def test_bench_decode_runs_on_every_backend(be, small_model):
     res = bench_decode(small_model, be, prompt_tokens=8, new_tokens=4, repeat=1, batch=2)
     assert res["backend"] == be.name and res["decode_tok_s"] > 0
 
+
+
+def test_numba_gelu_without_tanh_matches_everywhere():
+    """x - x / (1 + e^{2u}) is GPT-2's tanh GELU; no overflow to inf or NaN at any float32 input."""
+    nb = get_backend("numba")
+    from minillm.nn.functional import gelu
+
+    x = np.concatenate([np.linspace(-100, 100, 20001), [-3e38, -1e5, 1e5, 3e38, 0.0]]).astype(np.float32)
+    got = nb.gelu(x)
+    exact = gelu(x.astype(np.float64))[0]
+    assert np.isfinite(got).all()
+    np.testing.assert_allclose(got, exact, rtol=2e-6, atol=1e-6)
+
+
+def test_numba_uses_a_cheap_to_start_thread_pool():
+    nb = get_backend("numba")
+    nb.gelu(np.ones(8, np.float32))  # start the pool
+    assert nb.threading_layer in ("omp", "tbb", "workqueue")
+    assert os.environ.get("GOMP_SPINCOUNT")  # a short spin unless the user chose otherwise

@@ -19,3 +19,20 @@ def test_replace_section_round_trip():
     assert new.startswith("a\n") and new.endswith("b\n")
     with pytest.raises(ValueError, match="generated:y"):
         docgen.section(text, "y")
+
+
+def test_render_bench_states_every_target_met_or_missed():
+    row = {"model": "gpt2", "backend": "numpy", "weights": "fp32", "decode_tok_s": [90.0, 100.0, 80.0],
+           "median_tok_s": 90.0, "prefill_tok_s": 400.0, "bytes_per_token": 497_000_000, "median_gb_s": 44.7,
+           "roofline_tok_s": 100.0, "roofline_frac": 0.9, "warmup_s": 0.4}
+    slow = dict(row, backend="jax", roofline_frac=0.5)
+    small = dict(row, model="teacher", roofline_frac=0.1)  # cache-resident: not held to the bound
+    result = {"machine": {"cpu": "X", "cores": 2, "date": "today", "python": "3.11", "numpy": "2"},
+              "threads": {"numba_layer": "omp", "numba_threads": 2}, "bandwidth_gb_s": 50.0,
+              "peak_fp32_gflops": 200.0, "rounds": 3, "decode": [row, slow, small], "transformers_tok_s": [30.0],
+              "ratios": {"numba int8 / numpy fp32 (gpt2)": {"per_round": [3.2, 2.9, 3.1], "median": 3.1},
+                         "jax fp32 / numpy fp32 (gpt2)": {"per_round": [0.8], "median": 0.8}}}
+    text = docgen.render_bench(result)
+    assert "| numba int8 / numpy fp32 (gpt2) ≥ 3× | 3.10× | 3.20, 2.90, 3.10 | met |" in text
+    assert "| jax fp32 / numpy fp32 (gpt2) ≥ 1× | 0.80× | 0.80 | **missed** |" in text
+    assert "**missed** by jax fp32 (50 %)." in text and "90.0 | 80–100 |" in text

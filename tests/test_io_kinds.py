@@ -40,3 +40,20 @@ def test_a_kind_entry_that_does_not_match_its_tensors_is_refused(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(meta))
     with pytest.raises(CheckpointError, match="kinds allowed"):
         minillm.load(tmp_path)
+
+
+def test_the_tied_head_is_stored_as_a_nested_kind_and_checked(tmp_path):
+    model = GPT(CFG, params=apply_recipe(minillm.GPT(CFG, seed=0).params, "q4_0"))
+    minillm.save(model, tmp_path)
+    meta = json.loads((tmp_path / "config.json").read_text())
+    spec = meta["kinds"]["wte.weight"]
+    assert spec["kind"] == "TiedEmbedding" and spec["fields"]["head"]["kind"] == "Q4_0"
+    back = minillm.load(tmp_path)
+    np.testing.assert_array_equal(back.params["wte.weight"].dequantize(), model.params["wte.weight"].dequantize())
+    for bad, match in ((dict(spec, fields={"head": {"kind": "Pickle"}}), "kinds allowed"),
+                       (dict(spec, fields=[]), "must be JSON objects"),
+                       (dict(spec, fields={}), "do not match its fields")):  # fmt: skip
+        meta["kinds"]["wte.weight"] = bad
+        (tmp_path / "config.json").write_text(json.dumps(meta))
+        with pytest.raises(CheckpointError, match=match):
+            minillm.load(tmp_path)

@@ -211,3 +211,26 @@ def test_bad_config_and_params_raise():
     params["wte.weight"] = params["wte.weight"][:3]
     with pytest.raises(ValueError, match="wte.weight"):
         minillm.GPT(cfg, params=params)
+
+
+def test_dense_block_weights_are_output_major_and_stay_so(tmp_path, rng):
+    """init, load and training keep every block matmul weight Fortran-ordered (column o contiguous);
+    the embeddings, vectors and everything else stay C-ordered."""
+    from minillm.nn.gpt import MATMUL_WEIGHTS, output_major
+
+    cfg = minillm.GPTConfig.preset("tiny")
+    model = minillm.GPT(cfg, seed=0)
+
+    def layouts(params):
+        return {name: ("F" if w.flags.f_contiguous and w.ndim == 2 else "C") for name, w in params.items()}
+
+    want = {name: ("F" if name.endswith(MATMUL_WEIGHTS) else "C") for name in model.params}
+    assert layouts(model.params) == want
+    minillm.save(model, tmp_path)
+    assert layouts(minillm.load(tmp_path).params) == want
+    same = output_major(model.params)  # already output-major: no copy
+    assert all(same[name] is w for name, w in model.params.items())
+    # a gradient comes back in its weight's layout, so optimizer updates run on matching strides
+    idx = rng.integers(0, cfg.vocab_size, (2, 8))
+    _, grads = model.loss_and_grads(idx, np.roll(idx, -1, 1))
+    assert layouts(grads) == want

@@ -970,7 +970,8 @@ We compute it here and check it against `minillm.bench.kv_speedup_prediction`; t
 random prompt) and checks that they produce the same tokens.
 '''),
     code(r'''
-from minillm.bench import kv_cache_speedup, kv_speedup_prediction
+from minillm.bench import kv_cache_speedup, kv_speedup_prediction, kv_speedup_roofline
+from minillm.hw.devices import get_device
 
 P_blk = 12 * L * C * C
 
@@ -994,6 +995,11 @@ print(f"predicted speed-up {predicted:.2f}x  (kv_speedup_prediction: "
 res = kv_cache_speedup(teacher, prompt_tokens=P, new_tokens=n_new)
 print(f"measured: cache {res['cached_s'] * 1e3:.0f} ms, recompute {res['recompute_s'] * 1e3:.0f} ms "
       f"-> speed-up {res['measured_speedup']:.1f}x; same tokens: {res['same_tokens']}")
+
+# The roofline model charges each step max(FLOPs / peak, bytes / bandwidth) instead of FLOPs alone
+cpu = get_device("cpu")  # this CPU's measured float32 peak and memory bandwidth
+print(f"roofline prediction: {kv_speedup_roofline(teacher, P, n_new, cpu.peak('fp32'), cpu.bandwidth):.2f}x "
+      f"(peak {cpu.peak('fp32') / 1e9:.0f} GFLOP/s, bandwidth {cpu.bandwidth / 1e9:.0f} GB/s)")
 '''),
     md(r'''
 Measured and predicted differ. To see why, we time every step of both loops ourselves, on

@@ -76,8 +76,13 @@ class ArrayBackend(NumpyBackend):
         return np.asarray(a)
 
     def prepare(self, params: dict[str, Any]) -> dict[str, Any]:
-        """Every weight on the device in kernel form, copied once per weight object (cached)."""
-        return {name: self.put(w) for name, w in params.items()}
+        """Every weight on the device in kernel form, copied once per weight object (cached).
+
+        The result is marked (`Prepared`), so preparing it again — as every JAX step does —
+        returns it at once instead of looking up every weight."""
+        if isinstance(params, Prepared) and params.backend is self:
+            return params
+        return Prepared(self, {name: self.put(w) for name, w in params.items()})
 
     def put(self, w: Any) -> Any:
         """One weight on the device: dense -> array of `dtype`, kind -> kernel form; device arrays pass."""
@@ -203,6 +208,14 @@ class ArrayBackend(NumpyBackend):
     def kv_alloc(self, n_layer: int, B: int, H: int, T: int, D: int, dtype=None) -> tuple:
         shape = (n_layer, B, H, T, D)
         return self.xp.zeros(shape, self.dtype), self.xp.zeros(shape, self.dtype)
+
+
+class Prepared(dict):
+    """A params dict already converted by `backend.prepare` (a plain dict otherwise)."""
+
+    def __init__(self, backend: Any, items: dict[str, Any]) -> None:
+        super().__init__(items)
+        self.backend = backend
 
 
 def _import_cupy() -> Any:

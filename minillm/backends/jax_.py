@@ -116,7 +116,7 @@ class JaxBackend(ArrayBackend):
         S = k.shape[3]
         kv_len = min(S, max(self.min_bucket, 1 << (pos0 + T - 1).bit_length()))
         idx = jnp.asarray(np.asarray(idx, dtype=np.int32))
-        return self._step(self.prepare(params), idx, k, v, np.int32(pos0), config=config,
+        return self._step(dict(self.prepare(params)), idx, k, v, np.int32(pos0), config=config,
                           kv_len=kv_len, last_only=bool(last_only))  # fmt: skip
 
     def _step_impl(self, params: dict[str, Any], idx: Any, k: Any, v: Any, pos0: Any, *,

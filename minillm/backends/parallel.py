@@ -298,7 +298,7 @@ def data_parallel_backend(mesh: Any, dtype: str = "float32") -> Any:
             T = idx.shape[1]
             kv_len = min(k.shape[3], max(self.min_bucket, 1 << (pos0 + T - 1).bit_length()))
             idx = jax.device_put(np.asarray(idx, np.int32), self._batch)
-            return self._step(self.prepare(params), idx, k, v, np.int32(pos0), config=config,
+            return self._step(dict(self.prepare(params)), idx, k, v, np.int32(pos0), config=config,
                               kv_len=kv_len, last_only=bool(last_only))  # fmt: skip
 
         def _check_batch(self, B: int) -> None:

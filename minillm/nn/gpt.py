@@ -65,7 +65,8 @@ def output_major(params: dict[str, Any]) -> dict[str, Any]:
     of the bytes in memory: output column $o$, $W_{:,o}$, becomes one contiguous run (the layout
     PyTorch's ``nn.Linear`` uses, (out, in) row-major). A decode step multiplies one row $x$ by
     each matrix, $y_o = \\sum_i x_i W_{io}$; with this layout every $y_o$ streams its weights in
-    order, which BLAS and the Numba kernels read faster (`minillm bench --layout` measures it).
+    order, which BLAS and the Numba kernels read faster (`minillm bench --weights fp32-input-major`
+    measures the other layout; docs/backends.md lists both).
     Arrays already in that order are returned as they are, without a copy.
     """
     return {name: np.asfortranarray(w) if name.endswith(MATMUL_WEIGHTS) and isinstance(w, np.ndarray) else w

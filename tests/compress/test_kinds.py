@@ -211,3 +211,33 @@ def test_every_kind_runs_through_the_model():
         want = minillm.GPT(cfg, params=dense).forward(idx)
         # float32 matmuls in another order (factored scale, two-step low rank): rounding only
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4, err_msg=name)
+
+
+# The tied embedding: a quantized head (C, V) that is also the (V, C) lookup table.
+@pytest.mark.parametrize("method", ["int8", "q8_0", "q4_0", "int4-g32"])
+def test_tied_embedding_rows_and_head(method):
+    from minillm.compress.quantize import quantize_weight
+    from minillm.kinds import TiedEmbedding
+
+    rng = np.random.default_rng(3)
+    wte = rng.normal(0, 0.02, size=(50, 64)).astype(np.float32)  # (V, C)
+    tied = TiedEmbedding(quantize_weight(wte.T, method))
+    dense = tied.dequantize()  # (V, C), float64-free reference: the head's dequantized transpose
+    assert tied.shape == (50, 64) == dense.shape and tied.nbytes == tied.head.nbytes
+    np.testing.assert_array_equal(dense, tied.head.dequantize().T)
+    assert np.abs(dense - wte).max() < 0.02  # it is a quantization of wte
+    idx = np.array([[0, 7, 7], [49, 3, 0]])
+    np.testing.assert_array_equal(tied.rows(idx), dense[idx])  # only those rows, exactly
+    x = rng.normal(size=(3, 64)).astype(np.float32)
+    np.testing.assert_allclose(tied.matmul_t(x), x @ dense.T, rtol=1e-5, atol=1e-6)
+    v = rng.normal(size=(2, 50)).astype(np.float32)  # the kind interface: v @ W_te, (2, V) -> (2, C)
+    np.testing.assert_allclose(tied.matmul(v), v @ dense, rtol=1e-5, atol=1e-6)
+
+
+def test_tied_embedding_refuses_heads_it_cannot_slice():
+    from minillm.kinds import LowRank, TiedEmbedding
+
+    with pytest.raises(TypeError, match="head must be one of Int8PerChannel, IntPerGroup, Q8_0, Q4_0"):
+        TiedEmbedding(LowRank(np.ones((4, 2), np.float32), np.ones((2, 8), np.float32)))
+    with pytest.raises(TypeError, match="got ndarray"):
+        TiedEmbedding(np.ones((4, 8), np.float32))
