@@ -212,13 +212,6 @@ def _dequantize_rows(w: Any, o0: int, out: np.ndarray) -> None:
         dequant_nm(w.values, w.indices, w.n, w.m, o0, out)
 
 
-def rows_of(w: np.ndarray) -> np.ndarray:
-    """The (out, in) rows of a dense (in, out) weight as a float32 C-contiguous array: a free
-    view for an output-major weight (`minillm.nn.gpt.output_major`), else a copy made per call —
-    never cached, so a weight changed in place (training) is never read stale."""
-    return np.ascontiguousarray(w.T, dtype=np.float32)
-
-
 def _f32(a: Any) -> np.ndarray:
     return np.ascontiguousarray(a, dtype=np.float32)
 
@@ -238,6 +231,26 @@ def matmul_rows(x, w, scale, bias, y):  # pragma: no cover - compiled
             for i in range(n_in):
                 acc += x[r, i] * np.float32(w[o, i])
             y[r, o] = acc * scale[o] + bias[o]
+
+
+@njit(**JIT)
+def matmul_in_out(x, w, bias, y):  # pragma: no cover - compiled
+    """Dense (in, out) row-major: $y = xW + b$ without a transposed copy (a weight built by hand,
+    not output-major). Each of two tasks takes half the input rows — one contiguous half of the
+    matrix — and adds $x_i W_{i,:}$ into its own partial sum; the two are added at the end."""
+    N, n_in = x.shape
+    n_out = w.shape[1]
+    half = (n_in + 1) // 2
+    partial = np.zeros((2, N, n_out), np.float32)
+    for c in prange(2):
+        for i in range(c * half, min(n_in, (c + 1) * half)):
+            for r in range(N):
+                xi = x[r, i]
+                for o in range(n_out):
+                    partial[c, r, o] += xi * w[i, o]
+    for r in range(N):
+        for o in range(n_out):
+            y[r, o] = partial[0, r, o] + partial[1, r, o] + bias[o]
 
 
 @njit(**JIT)
@@ -482,7 +495,8 @@ class NumbaBackend(NumpyBackend):
         """Params with every weight kind in this backend's kernel form (see `rows_form`).
 
         Kinds are converted once per weight object and cached; dense arrays pass through
-        untouched (an output-major (in, out) array *is* its (out, in) rows, see `rows_of`)."""
+        untouched: an output-major (in, out) array (`minillm.nn.gpt.output_major`) *is* its
+        (out, in) rows, and a row-major one is read in place by `matmul_in_out`."""
         return {name: self.kernel_weight(w) for name, w in params.items()}
 
     def kernel_weight(self, w: Any) -> Any:
@@ -502,7 +516,13 @@ class NumbaBackend(NumpyBackend):
         if isinstance(w, np.ndarray):
             if w.ndim != 2 or x.shape[-1] != w.shape[0]:
                 raise ValueError(f"x {x.shape} and W {w.shape} do not multiply: need x (N, in), W (in, out)")
-            w = RowsDense(rows_of(w))
+            if x.shape[0] >= self.prefill_rows:  # prefill: compute-bound, BLAS is faster
+                return super().linear(x, w, b)
+            if not w.T.flags.c_contiguous:  # row-major (in, out), e.g. built by hand: no copy
+                y = np.empty((x.shape[0], w.shape[1]), np.float32)
+                matmul_in_out(_f32(x), _f32(w), np.zeros(w.shape[1], np.float32) if b is None else _f32(b), y)
+                return y
+            w = RowsDense(w.T.astype(np.float32, copy=False))  # output-major: W^T is its rows, free
         if not isinstance(w, ROW_FORMS):
             raise TypeError(f"weight must be a numpy array or one of minillm.kinds, got {type(w).__name__}")
         x = _f32(x)
@@ -608,7 +628,7 @@ class NumbaBackend(NumpyBackend):
               K.Q8_0(rng.integers(-127, 128, (64, 64)).astype(np.int8), np.ones((2, 64), np.float16)),
               K.Q4_0(rng.integers(0, 256, (32, 64)).astype(np.uint8), np.ones((2, 64), np.float16)),
               K.NMSparse(w[:32], np.tile(np.array([0, 1], np.uint8), 16)[:, None].repeat(64, 1)),
-              w]  # fmt: skip
+              w, np.asfortranarray(w)]  # dense: row-major and output-major  # fmt: skip
         for kind in ws:
             for rows in (1, self.prefill_rows):  # the fused and the tiled BLAS path
                 self.linear(w[:rows], kind, w[0])

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from ..kinds import LowRank, block_matmul_names, is_kind
-from ..nn.gpt import GPT
+from ..nn.gpt import GPT, output_major
 from . import lowrank, prune, quantize
 
 _QUANT = re.compile(r"int8|q8_0|q4_0|int[2-8]-g\d+")
@@ -110,7 +110,7 @@ def apply_recipe(params: dict[str, Any], recipe: str) -> dict[str, Any]:
                 raise ValueError(f"recipe {recipe!r}: {step} quantizes dense weights only, but some are "
                                  f"already {kinds}; put quantization last and after prune:S only")
             out = quantize.quantize_params(out, step)
-    return out
+    return output_major(out)  # masked products come out row-major; keep the decode-friendly layout
 
 
 def finetune(model: GPT, recipe: str, steps: int = 300, lr: float = 3e-4, seed: int = 0,
