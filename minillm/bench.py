@@ -334,18 +334,23 @@ def bench_suite(rounds: int = 3, peer_python: str | None = None, kv_cache: bool 
     from tqdm.auto import tqdm
 
     from .config import GPTConfig
-    from .hw.devices import get_device
+    from .hw.devices import Device, measure_cpu
     from .io import load
 
-    cpu = get_device("cpu")
     base = {"gpt2": GPT(GPTConfig.preset("gpt2"), seed=0), "teacher": load("teacher")}
     models = {(name, weights): with_weights(base[name], weights) for name, _, weights in SUITE}
     runs: dict[str, list[dict[str, Any]]] = {f"{m}/{b}/{w}": [] for m, b, w in SUITE}
     peer: list[float] = []
+    machine: list[dict[str, float]] = []  # this CPU's bandwidth and peak, measured in every round
     bar = tqdm(total=rounds * (len(SUITE) + (peer_python is not None)), desc="bench suite", disable=not progress)
     for _ in range(rounds):
+        machine.append(measure_cpu())  # the limit of *this* round: the machine's state drifts
+        bandwidth = machine[-1]["mem_bandwidth"] / 1e9
         for name, backend, weights in SUITE:
-            res = bench_decode(models[name, weights], backend, 16, 32, repeat=3, bandwidth_gb_s=cpu.bandwidth / 1e9)
+            # Idle a moment first: the previous entry's thread pools (OpenBLAS, OpenMP, XLA) spin
+            # for a while after their last call and would compete with this entry's threads.
+            time.sleep(0.3)
+            res = bench_decode(models[name, weights], backend, 16, 32, repeat=3, bandwidth_gb_s=bandwidth)
             runs[f"{name}/{backend}/{weights}"].append(res)
             bar.update()
             if peer_python and (name, backend, weights) == ("gpt2", "numpy", "fp32"):
@@ -378,9 +383,13 @@ def bench_suite(rounds: int = 3, peer_python: str | None = None, kv_cache: bool 
               "jax fp32 / numpy fp32 (teacher)": ratio("teacher/jax/fp32", "teacher/numpy/fp32")}  # fmt: skip
     if peer:
         ratios = {"numpy fp32 / transformers generate (gpt2)": ratio("gpt2/numpy/fp32", peer)} | ratios
+    bw = float(np.median([m["mem_bandwidth"] for m in machine]))
+    peak = float(np.median([m["fp32"] for m in machine]))
+    cpu = Device("cpu", "this CPU (median of the rounds)", {"fp32": peak}, bw, None, "measured in bench_suite")
     result: dict[str, Any] = {"machine": machine_info(), "threads": _thread_info(),
-                              "bandwidth_gb_s": round(cpu.bandwidth / 1e9, 2),
-                              "peak_fp32_gflops": round(cpu.peak("fp32") / 1e9, 1), "rounds": rounds,
+                              "bandwidth_gb_s": round(bw / 1e9, 2), "peak_fp32_gflops": round(peak / 1e9, 1),
+                              "bandwidth_per_round_gb_s": [round(m["mem_bandwidth"] / 1e9, 1) for m in machine],
+                              "rounds": rounds,
                               "decode": rows, "transformers_tok_s": peer, "ratios": ratios}  # fmt: skip
     if kv_cache:
         result["kv_cache"] = [kv_cache_speedup(base["gpt2"], 16, 256, device=cpu),

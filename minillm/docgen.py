@@ -118,15 +118,21 @@ def render_headline(result: dict[str, Any]) -> str:
     return markdown_table(result) + "\n"
 
 
+def _gb_list(result: dict[str, Any]) -> str:
+    return ", ".join(f"{v:g}" for v in result.get("bandwidth_per_round_gb_s", [])) or "one"
+
+
 def render_bench(result: dict[str, Any]) -> str:
     """The measured speed table of docs/backends.md, with every target met or missed."""
     m, th = result["machine"], result.get("threads", {})
     out = [f"Measured on {m['cpu']} ({m['cores']} cores), {m['date']}; Python {m['python']}, NumPy {m['numpy']}; "
            f"Numba thread pool `{th.get('numba_layer', '?')}` with {th.get('numba_threads', '?')} threads. "
-           f"This CPU's memory bandwidth {result['bandwidth_gb_s']} GB/s and float32 peak "
-           f"{result['peak_fp32_gflops']} GFLOP/s are measured by `minillm.hw.devices`. Prompt 16 + 32 new "
+           f"This CPU's memory bandwidth (a float32 matrix-vector product over 128 MiB) and float32 peak, "
+           f"measured by `minillm.hw.devices.measure_cpu` at the start of every round: median "
+           f"{result['bandwidth_gb_s']} GB/s (rounds: {_gb_list(result)}) and {result['peak_fp32_gflops']} "
+           f"GFLOP/s; each row's bandwidth limit uses its own round's figure. Prompt 16 + 32 new "
            f"tokens, batch 1; each entry ran {result['rounds']} times, interleaved with the others (best of 3 "
-           f"runs each time): the median, and the range.", "",
+           f"runs each time, after 0.3 s idle): the median, and the range.", "",
            "| model | backend | weights | decode tok/s | (range) | prefill tok/s | bytes / token | GB/s "
            "| of the bandwidth limit |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in result["decode"]:
