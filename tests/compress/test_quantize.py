@@ -329,7 +329,8 @@ def test_quantize_params():
         elif name == "wte.weight":  # the tied head, quantized per vocabulary entry
             assert isinstance(out[name], TiedEmbedding) and isinstance(out[name].head, Q8_0)
             assert out[name].shape == (50, C) and out[name].head.shape == (C, 50)
-            np.testing.assert_array_equal(out[name].dequantize(), Q.quantize_weight(params[name].T, "q8_0").dequantize().T)
+            head = Q.quantize_weight(params[name].T, "q8_0")  # the head (C, V), quantized per vocab entry
+            np.testing.assert_array_equal(out[name].dequantize(), head.dequantize().T)
         else:
             assert out[name] is params[name]
     assert Q.quantize_params(params, "q8_0", skip=("wte.weight",))["wte.weight"] is params["wte.weight"]
