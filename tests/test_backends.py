@@ -190,14 +190,17 @@ def test_embed_and_head_of_a_quantized_tied_embedding(be, method):
 
 
 def test_whole_model_with_input_major_weights(be, small_model):
-    """The memory layout of dense weights changes speed, never the result."""
+    """The memory layout of dense weights changes speed, never the result — whichever it is."""
     from minillm.bench import input_major
 
     assert small_model.params["h.0.mlp.c_fc.weight"].flags.f_contiguous  # output-major by default
     c_order = minillm.GPT(SMALL, params=input_major(small_model.params))
     assert c_order.params["h.0.mlp.c_fc.weight"].flags.c_contiguous
+    f_order = minillm.GPT(SMALL, params={k: np.asfortranarray(v) for k, v in small_model.params.items()})
     idx = np.random.default_rng(4).integers(0, SMALL.vocab_size, (2, 9))
-    np.testing.assert_allclose(c_order.forward(idx, backend=be), small_model.forward(idx), rtol=0, atol=1e-4)
+    want = small_model.forward(idx)
+    for model in (c_order, f_order):  # f_order: the embeddings too
+        np.testing.assert_allclose(model.forward(idx, backend=be), want, rtol=0, atol=1e-4)
 
 
 # ------------------------------------------------------------------------------------------

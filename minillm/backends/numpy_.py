@@ -197,7 +197,7 @@ class NMArrays:
 @dataclass(frozen=True, eq=False)
 class DenseRows:
     """A dense (in, out) weight held transposed, $W^\\top$ (out, in) row-major: the layout
-    `minillm.nn.gpt.output_major` gives on the host, kept on the device (see `kernel_form`)."""
+    `minillm.nn.gpt.output_major` gives on the host, kept on the device (`ArrayBackend.prepare`)."""
 
     wt: Any
 
@@ -241,10 +241,6 @@ def kernel_form(w: Any, asarray: Callable[[Any], Any] = np.asarray, dtype: Any =
         return asarray(s if scale_dtype is None else s.astype(scale_dtype))
 
     if isinstance(w, np.ndarray):
-        if w.ndim == 2 and w.flags.f_contiguous and not w.flags.c_contiguous:
-            # An output-major block weight stays output-major on the device: device arrays are
-            # row-major, so hold W^T and multiply by its transpose (XLA's CPU dot reads it faster).
-            return DenseRows(asarray(w.T.astype(dtype, copy=False)))
         return asarray(w.astype(dtype, copy=False))
     if isinstance(w, K.Int8PerChannel):
         return Int8Arrays(asarray(w.q), scale(w.scale))
