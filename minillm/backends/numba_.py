@@ -12,17 +12,18 @@ scale factors out of the block's sum, so the inner loop runs on the raw codes:
 $$(xW)_o = \\sum_{g} s_{go} \\Big( \\sum_{i \\in g} x_i\\, q_{io} \\; - \\; z_{go} \\sum_{i \\in g} x_i \\Big)$$
 
 ($z = 0$ for symmetric int8 and Q8_0, $z = 8$ for Q4_0's unsigned nibbles). The block sums
-$\\sum_{i \\in g} x_i$ are computed once per call. Each kernel splits the output columns into
-chunks, one parallel task (`prange`) per chunk; a task walks down the input rows and keeps a
-small accumulator per column, so it reads its slice of every weight row once and in order.
+$\\sum_{i \\in g} x_i$ are computed once per call. Weights are held output-major, (out, in):
+one parallel task (`prange`) per output computes its dot product, streaming that output's codes
+in order.
 
 Everything else decoding needs is fused too: layer norm (one pass per row for the statistics,
 one to normalise), GELU, and attention over the KV cache (one task per (batch, head, query):
 scores, softmax and the weighted sum of values without materialising the score matrix).
 
-Where compiling does not pay, NumPy stays: dense float32 products (BLAS is already as fast as
-the memory allows), low-rank products (two dense products), and prefill with many rows, where
-the work is compute-bound and BLAS on dequantized column tiles wins.
+Dense float32 and low-rank products have kernels here too — not to beat BLAS, but because a
+BLAS call between these kernels costs more than it saves: both thread pools spin and fight for
+the two cores (see the note on the thread pool below). Only prefill with many rows, which is
+compute-bound, goes to BLAS, on dequantized tiles of the weight.
 
 Kernels are compiled with ``@njit(parallel=True, fastmath=True, cache=True)`` on first use and
 cached on disk (in ``__pycache__`` next to this file or, if that is not writable, in
