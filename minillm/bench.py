@@ -24,18 +24,19 @@ from . import backends
 from .nn.gpt import GPT, KVCache, forward
 
 
-def decode_bytes_per_token(model: GPT, context: int) -> int:
+def decode_bytes_per_token(model: GPT, context: int, batch: int = 1) -> int:
     """Bytes a decode step at `context` positions reads: every block weight, the LM head (all of
     the tied embedding, in whatever format it is stored), one embedding row for the token (in
     that format: its bytes divided by V) and one float32 row for the position, and the float32
-    KV cache."""
+    KV cache. With `batch` sequences the weights are read once per step, the rows and the
+    cache once per sequence."""
     cfg = model.config
     p = model.params
     total = sum(int(w.nbytes) for name, w in p.items() if name not in ("wte.weight", "wpe.weight"))
     head = int(p["wte.weight"].nbytes)
     total += head  # the tied LM head reads all of wte
-    total += head // cfg.vocab_size + 4 * cfg.n_embd  # token and position embedding rows
-    total += 2 * cfg.n_layer * context * cfg.n_embd * 4  # keys and values, float32
+    total += batch * (head // cfg.vocab_size + 4 * cfg.n_embd)  # token and position embedding rows
+    total += batch * 2 * cfg.n_layer * context * cfg.n_embd * 4  # keys and values, float32
     return total
 
 
@@ -44,8 +45,10 @@ def bench_decode(model: GPT, backend: Any = "numpy", prompt_tokens: int = 16, ne
                  bandwidth_gb_s: float | None = None) -> dict[str, Any]:  # fmt: skip
     """Time greedy prefill + decode of `new_tokens` after a random prompt; best of `repeat`.
 
-    Returns a dict with `prefill_tok_s`, `decode_tok_s`, `decode_ms_per_token`, `bytes_per_token`,
-    `achieved_gb_s` and, if `bandwidth_gb_s` is given, `bandwidth_gb_s` and `roofline_frac`.
+    Returns a dict with `prefill_tok_s`, `decode_tok_s`, `decode_ms_per_token` (per decode step),
+    `bytes_per_token` (bytes one decode step reads: `decode_bytes_per_token` with `batch`),
+    `achieved_gb_s` and, if `bandwidth_gb_s` is given, `bandwidth_gb_s`, `roofline_tok_s` and
+    `roofline_frac`.
     """
     cfg = model.config
     for name, v in (("prompt_tokens", prompt_tokens), ("new_tokens", new_tokens), ("repeat", repeat),
@@ -89,7 +92,7 @@ def bench_decode(model: GPT, backend: Any = "numpy", prompt_tokens: int = 16, ne
         best_prefill, best_decode = min(best_prefill, tp), min(best_decode, td)
     steps = max(1, new_tokens - 1)  # the first new token comes from the prefill
     per_token = best_decode / steps
-    nbytes = decode_bytes_per_token(model, prompt_tokens + new_tokens // 2)
+    nbytes = decode_bytes_per_token(model, prompt_tokens + new_tokens // 2, batch)  # per step
     result: dict[str, Any] = {
         "backend": be.name,
         "batch": batch,
@@ -106,7 +109,7 @@ def bench_decode(model: GPT, backend: Any = "numpy", prompt_tokens: int = 16, ne
     }
     if bandwidth_gb_s:
         result["bandwidth_gb_s"] = round(bandwidth_gb_s, 2)
-        result["roofline_tok_s"] = round(bandwidth_gb_s * 1e9 / nbytes, 2)
+        result["roofline_tok_s"] = round(batch * bandwidth_gb_s * 1e9 / nbytes, 2)  # B tokens per step
         result["roofline_frac"] = round(result["achieved_gb_s"] / bandwidth_gb_s, 3)
     return result
 

@@ -34,6 +34,12 @@ def test_decode_bound():
     res = bench_decode(model, "numpy", prompt_tokens=4, new_tokens=2, repeat=1, bandwidth_gb_s=10.0)
     context = 4 + 2 // 2  # bench_decode counts the cache at the middle of the decode
     assert res["roofline_tok_s"] == round(10e9 / _closed_form_bytes(cfg, context, 34 / 32), 2)
+    # batch 3: the weights are read once per step, the rows and the cache once per sequence
+    C = cfg.n_embd
+    per_sequence = C * 34 / 32 + 4 * C + 2 * cfg.n_layer * context * C * 4
+    res = bench_decode(model, "numpy", prompt_tokens=4, new_tokens=2, repeat=1, batch=3, bandwidth_gb_s=10.0)
+    step = _closed_form_bytes(cfg, context, 34 / 32) + 2 * per_sequence
+    assert res["bytes_per_token"] == step and res["roofline_tok_s"] == round(3 * 10e9 / step, 2)
 
 
 def _fused_sum(x: np.ndarray, codes: np.ndarray, scale: np.ndarray, zero: np.ndarray, g: int) -> np.ndarray:
