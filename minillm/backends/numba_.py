@@ -519,15 +519,12 @@ class NumbaBackend(NumpyBackend):
                 raise ValueError(f"x {x.shape} and W {w.shape} do not multiply: need x (N, in), W (in, out)")
             if x.shape[0] >= self.prefill_rows:  # prefill: compute-bound, BLAS is faster
                 return super().linear(x, w, b)
-            if not w.T.flags.c_contiguous:  # row-major (in, out), e.g. built by hand: no copy
-                y = np.empty((x.shape[0], w.shape[1]), np.float32)
-                matmul_in_out(_f32(x), _f32(w), np.zeros(w.shape[1], np.float32) if b is None else _f32(b), y)
-                return y
-            w = RowsDense(w.T.astype(np.float32, copy=False))  # output-major: W^T is its rows, free
-        if not isinstance(w, ROW_FORMS):
+            if w.T.flags.c_contiguous:  # output-major: W^T is its (out, in) rows, free
+                w = RowsDense(w.T.astype(np.float32, copy=False))
+        elif not isinstance(w, ROW_FORMS):
             raise TypeError(f"weight must be a numpy array or one of minillm.kinds, got {type(w).__name__}")
         x = _f32(x)
-        n_out, n_in = _rows_shape(w)
+        n_out, n_in = w.shape[::-1] if isinstance(w, np.ndarray) else _rows_shape(w)
         if x.ndim != 2 or x.shape[1] != n_in:
             raise ValueError(f"x must have shape (N, {n_in}) to multiply this weight, got {x.shape}")
         N = x.shape[0]
@@ -537,7 +534,9 @@ class NumbaBackend(NumpyBackend):
         if N >= (self.prefill_rows_nm if isinstance(w, RowsNM) else self.prefill_rows):
             return self._tiled_blas(x, w, bias)
         y = np.empty((N, n_out), np.float32)
-        if isinstance(w, RowsDense):
+        if isinstance(w, np.ndarray):  # row-major (in, out), e.g. built by hand: read in place
+            matmul_in_out(x, _f32(w), bias, y)
+        elif isinstance(w, RowsDense):
             matmul_rows(x, w.w, np.ones(n_out, np.float32), bias, y)
         elif isinstance(w, RowsInt8):
             matmul_rows(x, w.q, w.scale, bias, y)

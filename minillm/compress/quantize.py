@@ -568,18 +568,18 @@ def quantize_params(params: dict[str, Any], method: str, skip: tuple[str, ...] =
     if not isinstance(params, dict):
         raise TypeError(f"params must be a dict, got {type(params).__name__}")
     names = block_matmul_names(params, skip)
+    wte = params.get("wte.weight")
+    if isinstance(wte, np.ndarray) and not any(fnmatch("wte.weight", p) for p in skip):
+        names.append("wte.weight")
     out = dict(params)
     for name in names:
         try:
-            out[name] = quantize_weight(params[name], method)
+            if name == "wte.weight":
+                out[name] = TiedEmbedding(quantize_weight(wte.T, method))  # the head, (C, V)
+            else:
+                out[name] = quantize_weight(params[name], method)
         except (TypeError, ValueError) as e:  # say which weight failed
             raise type(e)(f"{name}: {e}") from None
-    wte = params.get("wte.weight")
-    if isinstance(wte, np.ndarray) and not any(fnmatch("wte.weight", p) for p in skip):
-        try:
-            out["wte.weight"] = TiedEmbedding(quantize_weight(wte.T, method))  # head (C, V)
-        except (TypeError, ValueError) as e:
-            raise type(e)(f"wte.weight: {e}") from None
     return out
 
 
