@@ -425,3 +425,25 @@ def test_numba_uses_a_cheap_to_start_thread_pool():
     nb.gelu(np.ones(8, np.float32))  # start the pool
     assert nb.threading_layer in ("omp", "tbb", "workqueue")
     assert os.environ.get("GOMP_SPINCOUNT")  # a short spin unless the user chose otherwise
+
+
+@pytest.mark.parametrize("shape", [(32, 1), (96, 64), (128, 130)])
+def test_numba_q4_0_tiles_hold_the_same_codes(shape):
+    """The tile layout (nibble k of word [t, c, l] = code of input 8c + k, output 64t + l) keeps
+    every code and scale: dequantizing it row by row gives the kind's own dequantization, and a
+    product over a partial last tile (padding outputs) is right."""
+    get_backend("numba")
+    from minillm.backends import numba_ as nb_mod
+
+    w = (RNG.standard_normal(shape) * 0.1).astype(np.float32)
+    kind = quantize_weight(w, "q4_0")
+    tiles = nb_mod.q4_0_tiles(kind)
+    assert tiles.words.shape == (-(-shape[1] // 64), shape[0] // 8, 64) and tiles.n_out == shape[1]
+    rows = np.empty((shape[1], shape[0]), np.float32)
+    nb_mod.dequant_q4_0(tiles.words, tiles.d, 0, rows)
+    np.testing.assert_array_equal(rows, kind.dequantize().T)
+    x = RNG.standard_normal((2, shape[0])).astype(np.float32)
+    got = nb_mod.NumbaBackend().linear(x, tiles, None)
+    exact = x.astype(np.float64) @ kind.dequantize().astype(np.float64)
+    M, n = magnitude(kind)
+    assert np.all(np.abs(got - exact) <= (n + 4) * EPS32 * (np.abs(x) @ M) + 1e-30)

@@ -14,7 +14,9 @@ $$(xW)_o = \\sum_{g} s_{go} \\Big( \\sum_{i \\in g} x_i\\, q_{io} \\; - \\; z_{g
 ($z = 0$ for symmetric int8 and Q8_0, $z = 8$ for Q4_0's unsigned nibbles). The block sums
 $\\sum_{i \\in g} x_i$ are computed once per call. Weights are held output-major, (out, in):
 one parallel task (`prange`) per output computes its dot product, streaming that output's codes
-in order.
+in order. Q4_0 is the exception: at half a byte per weight, unpacking the nibbles costs more
+time than reading them, so its kernel (`matmul_q4_0`) takes tiles of 64 outputs laid out to
+unpack with one AND per code and no shifts.
 
 Everything else decoding needs is fused too: layer norm (one pass per row for the statistics,
 one to normalise), GELU, and attention over the KV cache (one task per (batch, head, query):
@@ -84,7 +86,12 @@ if not os.environ.get("NUMBA_THREADING_LAYER"):
     numba.config.THREADING_LAYER_PRIORITY = ["omp", "tbb", "workqueue"]
 
 TILE = 512  # output columns dequantized at once on the prefill (BLAS) path
+Q4_LANES = 64  # outputs per task of the Q4_0 kernel: four 16-float SIMD vectors
+NIBBLE_SCALE = (16.0 ** -np.arange(8)).astype(np.float32)  # 1 / 16^k for nibble k
 JIT = dict(parallel=True, fastmath=True, cache=True)
+# Without "reassoc", LLVM keeps our order of additions: a balanced tree of independent sums
+# instead of one long chain of dependent multiply-adds (for kernels that need no reductions).
+JIT_ORDERED = dict(JIT, fastmath={"contract", "nsz", "arcp"})
 
 
 # ------------------------------------------------------------------------------------------
@@ -116,11 +123,15 @@ class RowsQ8_0:
 
 
 @dataclass(frozen=True, eq=False)
-class RowsQ4_0:
-    """Q4_0 transposed: packed (out, in/2) uint8 (same nibble order per block), d (out, in/32) float32."""
+class TilesQ4_0:
+    """Q4_0 in tiles of `Q4_LANES` outputs (see `matmul_q4_0`): words (tiles, in/8, 64) uint32,
+    d (tiles, in/32, 64) float32; outputs past `n_out` (padding of the last tile) have d = 0.
 
-    packed: np.ndarray
+    Nibble $k$ of ``words[t, c, l]`` is the code of input $8c + k$ for output $64t + l$."""
+
+    words: np.ndarray
     d: np.ndarray
+    n_out: int
 
 
 @dataclass(frozen=True, eq=False)
@@ -155,7 +166,7 @@ class RowsTied:
     head: Any
 
 
-ROW_FORMS = (RowsInt8, RowsGroup, RowsQ8_0, RowsQ4_0, RowsNM, RowsDense, RowsLowRank)
+ROW_FORMS = (RowsInt8, RowsGroup, RowsQ8_0, TilesQ4_0, RowsNM, RowsDense, RowsLowRank)
 
 
 def rows_form(w: Any) -> Any:
@@ -171,7 +182,7 @@ def rows_form(w: Any) -> Any:
     if isinstance(w, K.Q8_0):
         return RowsQ8_0(_t(w.qs), _t(w.d.astype(np.float32)))
     if isinstance(w, K.Q4_0):
-        return RowsQ4_0(_t(w.packed), _t(w.d.astype(np.float32)))
+        return q4_0_tiles(w)
     if isinstance(w, K.NMSparse):
         return RowsNM(_t(w.values.astype(np.float32)), _t(w.indices), int(w.n), int(w.m))
     if isinstance(w, K.LowRank):
@@ -185,8 +196,8 @@ def rows_form(w: Any) -> Any:
 
 def _rows_shape(w: Any) -> tuple[int, int]:
     """(out, in) of an output-major form."""
-    if isinstance(w, RowsQ4_0):
-        return w.packed.shape[0], 2 * w.packed.shape[1]
+    if isinstance(w, TilesQ4_0):
+        return w.n_out, 8 * w.words.shape[1]
     if isinstance(w, RowsNM):
         return w.values.shape[0], w.values.shape[1] * w.m // w.n
     if isinstance(w, RowsLowRank):
@@ -207,10 +218,26 @@ def _dequantize_rows(w: Any, o0: int, out: np.ndarray) -> None:
         dequant_group(w.q, w.scale, w.zero, o0, out)
     elif isinstance(w, RowsQ8_0):
         dequant_q8_0(w.qs, w.d, o0, out)
-    elif isinstance(w, RowsQ4_0):
-        dequant_q4_0(w.packed, w.d, o0, out)
+    elif isinstance(w, TilesQ4_0):
+        dequant_q4_0(w.words, w.d, o0, out)
     else:
         dequant_nm(w.values, w.indices, w.n, w.m, o0, out)
+
+
+def q4_0_tiles(w: K.Q4_0) -> TilesQ4_0:
+    """Regroup Q4_0's nibbles into the tiles `matmul_q4_0` reads (codes and scales unchanged)."""
+    n_in, n_out = w.shape
+    n_tiles = -(-n_out // Q4_LANES)
+    pad = n_tiles * Q4_LANES - n_out
+    blocks = w.packed.reshape(n_in // 32, 16, n_out)  # byte j of a block: inputs j (low), j + 16 (high)
+    codes = np.concatenate([blocks & 15, blocks >> 4], axis=1).reshape(n_in, n_out)  # (in, out)
+    words = np.zeros((n_tiles, n_in // 8, Q4_LANES), np.uint32)
+    for k in range(8):  # the codes of inputs 8c + k, for every c, go to nibble k
+        nib = np.pad(codes[k::8], ((0, 0), (0, pad))).astype(np.uint32) << np.uint32(4 * k)
+        words |= nib.reshape(n_in // 8, n_tiles, Q4_LANES).transpose(1, 0, 2)
+    d = np.pad(w.d.astype(np.float32), ((0, 0), (0, pad)))  # padding outputs: scale 0
+    d = np.ascontiguousarray(d.reshape(n_in // 32, n_tiles, Q4_LANES).transpose(1, 0, 2))
+    return TilesQ4_0(words, d, n_out)
 
 
 def _f32(a: Any) -> np.ndarray:
@@ -293,29 +320,51 @@ def matmul_q8_0(x, qs, d, bias, y):  # pragma: no cover - compiled
             y[r, o] = lanes.sum() + bias[o]
 
 
-@njit(**JIT)
-def matmul_q4_0(x, xsum, packed, d, bias, y):  # pragma: no cover - compiled
-    """Q4_0: $y_o = \\sum_k d_{ok}(\\sum_{i\\in k} x_i q_{oi} - 8\\sum_{i\\in k} x_i) + b_o$, q from nibbles.
+@njit(**JIT_ORDERED)
+def matmul_q4_0(x, words, d, bias, y):  # pragma: no cover - compiled
+    """Q4_0: $y_o = \\sum_k d_{ko}\\big(\\sum_{i \\in k} x_i q_{io} - 8 \\sum_{i \\in k} x_i\\big) + b_o$.
 
-    Byte $j$ of block $k$ holds input $32k + j$ in its low nibble and $32k + j + 16$ in its
-    high nibble. The nibbles stay uint8 until converted to float32 (a detour through int64
-    would defeat SIMD: AVX2 cannot convert int64 to float in bulk)."""
-    N = x.shape[0]
-    n_blocks = d.shape[1]
-    low, four, eight = np.uint8(15), np.uint8(4), np.float32(8.0)
-    for o in prange(packed.shape[0]):
+    Unpacking nibbles costs more than reading them, so this kernel is laid out to unpack as
+    little as possible. One task per tile of 64 outputs; a 32-bit word holds the codes of 8
+    consecutive inputs for one output, nibble $k$ for input $8c + k$. Masking a word with
+    $\\mathtt{0xF} \\ll 4k$ leaves $16^k q$, an integer that converts to float32 exactly, so
+    with the inputs pre-divided, `xs` $= x_i / 16^{i \\bmod 8}$ (exact: a power of two), each
+    code costs one AND, one conversion and one multiply-add: no shifts. The 64 outputs are four
+    SIMD vectors of 16, updated side by side; per block, the sum starts at $-8\\sum_{i\\in k} x_i$
+    and is scaled once by $d_{ko}$."""
+    N, n_in = x.shape
+    n_tiles, n_blocks = d.shape[0], d.shape[1]
+    n_out = y.shape[1]
+    xs = np.empty((N, n_in), np.float32)  # x_i / 16^(i mod 8)
+    xsum = np.zeros((N, n_blocks), np.float32)  # the sum of x over each block
+    for r in range(N):
+        for i in range(n_in):
+            xs[r, i] = x[r, i] * NIBBLE_SCALE[i % 8]
+            xsum[r, i // 32] += x[r, i]
+    m0, m1, m2, m3 = np.uint32(0xF), np.uint32(0xF0), np.uint32(0xF00), np.uint32(0xF000)
+    m4, m5, m6, m7 = np.uint32(0xF0000), np.uint32(0xF00000), np.uint32(0xF000000), np.uint32(0xF0000000)
+    for t in prange(n_tiles):
         for r in range(N):
-            lanes = np.zeros(32, np.float32)
-            shift = np.float32(0.0)
+            out = np.zeros(64, np.float32)
+            blk = np.empty(64, np.float32)
             for kb in range(n_blocks):
-                dk = d[o, kb]
-                shift += dk * xsum[r, kb]
-                i = kb * 32
-                for j in range(16):
-                    p = packed[o, kb * 16 + j]
-                    lanes[j] += (dk * x[r, i + j]) * np.float32(np.uint8(p & low))
-                    lanes[j + 16] += (dk * x[r, i + j + 16]) * np.float32(np.uint8(p >> four))
-            y[r, o] = lanes.sum() - eight * shift + bias[o]
+                z = np.float32(-8.0) * xsum[r, kb]
+                for l in range(64):
+                    blk[l] = z
+                for c in range(4 * kb, 4 * kb + 4):  # 8 inputs per step
+                    i = 8 * c
+                    x0, x1, x2, x3 = xs[r, i], xs[r, i + 1], xs[r, i + 2], xs[r, i + 3]
+                    x4, x5, x6, x7 = xs[r, i + 4], xs[r, i + 5], xs[r, i + 6], xs[r, i + 7]
+                    for l in range(64):
+                        w = words[t, c, l]
+                        blk[l] += ((x0 * np.float32(w & m0) + x1 * np.float32(w & m1))
+                                   + (x2 * np.float32(w & m2) + x3 * np.float32(w & m3))
+                                   + (x4 * np.float32(w & m4) + x5 * np.float32(w & m5))
+                                   + (x6 * np.float32(w & m6) + x7 * np.float32(w & m7)))
+                for l in range(64):
+                    out[l] += d[t, kb, l] * blk[l]
+            for l in range(min(64, n_out - 64 * t)):
+                y[r, 64 * t + l] = out[l] + bias[64 * t + l]
 
 
 @njit(**JIT)
@@ -361,14 +410,15 @@ def dequant_q8_0(qs, d, o0, out):  # pragma: no cover - compiled
 
 
 @njit(**JIT)
-def dequant_q4_0(packed, d, o0, out):  # pragma: no cover - compiled
-    eight = np.float32(8.0)
+def dequant_q4_0(words, d, o0, out):  # pragma: no cover - compiled
+    eight, low = np.float32(8.0), np.uint32(15)
     for j in prange(out.shape[0]):
-        for b in range(packed.shape[1]):
-            kb, jb = b // 16, b % 16
-            p = packed[o0 + j, b]
-            out[j, kb * 32 + jb] = d[o0 + j, kb] * (np.float32(p & 15) - eight)
-            out[j, kb * 32 + jb + 16] = d[o0 + j, kb] * (np.float32(p >> 4) - eight)
+        t, lane = (o0 + j) // 64, (o0 + j) % 64
+        for c in range(words.shape[1]):
+            w = words[t, c, lane]
+            for k in range(8):
+                code = (w >> np.uint32(4 * k)) & low
+                out[j, 8 * c + k] = d[t, c // 4, lane] * (np.float32(code) - eight)
 
 
 @njit(**JIT)
@@ -545,9 +595,8 @@ class NumbaBackend(NumpyBackend):
             matmul_group(x, xsum, w.q, w.scale, w.zero, bias, y)
         elif isinstance(w, RowsQ8_0):
             matmul_q8_0(x, w.qs, w.d, bias, y)
-        elif isinstance(w, RowsQ4_0):
-            xsum = x.reshape(N, -1, 32).sum(-1)  # (N, blocks)
-            matmul_q4_0(x, xsum, w.packed, w.d, bias, y)
+        elif isinstance(w, TilesQ4_0):
+            matmul_q4_0(x, w.words, w.d, bias, y)
         else:
             matmul_nm(x, w.values, w.indices, w.n, w.m, bias, y)
         return y
