@@ -165,6 +165,15 @@ def test_attention_over_the_kv_cache(be, T):
     exact = (p / p.sum(-1, keepdims=True)) @ v_all
     # a convex combination of values whose weights err by (S + D + 8) u relatively
     assert np.all(np.abs(got - exact) <= (S + D + 8) * EPS32 * np.abs(v_all).max() * 4)
+    # the whole cache with n_keys = S (how the model calls it): the same, unused positions ignored
+    k_cache, v_cache = to_np(be, cache[0][1]).copy(), to_np(be, cache[1][1]).copy()
+    k_cache[:, :, S:] = v_cache[:, :, S:] = np.nan
+    k_cache, v_cache = be.asarray(k_cache), be.asarray(v_cache)
+    whole = to_np(be, be.attention(be.asarray(q), k_cache, v_cache, n_keys=S))
+    np.testing.assert_allclose(whole, got, rtol=0, atol=1e-6)
+    for bad in (T - 1, S_max + 1, 2.0):
+        with pytest.raises(ValueError, match="n_keys"):
+            be.attention(be.asarray(q), k_cache, v_cache, n_keys=bad)
 
 
 def test_lm_head(be):

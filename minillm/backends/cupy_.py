@@ -46,6 +46,7 @@ from .numpy_ import (
     TiedArrays,
     WeightCache,
     kernel_form,
+    keys_in_use,
     take_columns,
 )
 
@@ -182,8 +183,10 @@ class ArrayBackend(NumpyBackend):
         e = xp.exp(z - z.max(axis=-1, keepdims=True))
         return e / e.sum(axis=-1, keepdims=True)
 
-    def attention(self, q: Any, k: Any, v: Any) -> Any:
-        """Causal attention; q (B, H, T, D) are the *last* T of the S positions in k, v (B, H, S, D)."""
+    def attention(self, q: Any, k: Any, v: Any, n_keys: int | None = None) -> Any:
+        """Causal attention; q (B, H, T, D) are the *last* T of the S positions in k, v (B, H, S, D)
+        (of the first `n_keys` positions, if given: see `NumpyBackend.attention`)."""
+        k, v = keys_in_use(q, k, v, n_keys)
         T, S = q.shape[2], k.shape[2]
         return self.attention_at(q, k, v, S - T)
 

@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 
 from .. import kinds as K
-from .numpy_ import NumpyBackend, WeightCache
+from .numpy_ import NumpyBackend, WeightCache, keys_in_use
 
 
 def default_cache_dir(package_dir: str, environ: Any = os.environ) -> str | None:
@@ -488,14 +488,15 @@ def softmax_rows(x, y):  # pragma: no cover - compiled
 
 
 @njit(**JIT)
-def attention_cache(q, k, v, y):  # pragma: no cover - compiled
-    """Causal attention of q (B, H, T, D), the newest T of S positions, over k, v (B, H, S, D).
+def attention_cache(q, k, v, S, y):  # pragma: no cover - compiled
+    """Causal attention of q (B, H, T, D), the newest T of S positions, over the first S
+    positions of k, v (B, H, size, D), size >= S: the whole cache, so that they are contiguous
+    arrays (a slice of the first S positions is not, and compiles to code that cannot use SIMD).
 
     One task per (b, h, t): the scores of the visible keys $0 \\ldots S-T+t$, their softmax,
     and the weighted sum of values — the (T, S) score matrix is never stored. Each task has its
     own row of one scratch array, allocated once, not once per task."""
     B, H, T, D = q.shape
-    S = k.shape[2]
     scale = np.float32(1.0 / math.sqrt(D))
     scores = np.empty((B * H * T, S), np.float32)
     for task in prange(B * H * T):
@@ -651,13 +652,17 @@ class NumbaBackend(NumpyBackend):
         softmax_rows(x2, y)
         return y.reshape(x.shape)
 
-    def attention(self, q: np.ndarray, k: np.ndarray, v: np.ndarray) -> np.ndarray:
-        """Fused causal attention over the cache (k, v may be strided views of it)."""
+    def attention(self, q: np.ndarray, k: np.ndarray, v: np.ndarray, n_keys: int | None = None) -> np.ndarray:
+        """Fused causal attention over the first `n_keys` positions of k, v (all by default).
+
+        Pass the whole cache with `n_keys` rather than a slice of it: the cache is contiguous,
+        a slice is not, and the kernel compiled for non-contiguous arrays cannot use SIMD (3x
+        slower here). A non-contiguous k or v is copied."""
         if q.dtype != np.float32 or k.dtype != np.float32 or v.dtype != np.float32:
-            return super().attention(q, k, v)
-        q = np.ascontiguousarray(q)  # small; k, v stay views of the cache (no copy)
+            return super().attention(q, k, v, n_keys)
+        S = keys_in_use(q, k, v, n_keys)[0].shape[2]  # checks n_keys
         y = np.empty(q.shape, np.float32)
-        attention_cache(q, k, v, y)
+        attention_cache(np.ascontiguousarray(q), np.ascontiguousarray(k), np.ascontiguousarray(v), S, y)
         return y
 
     # --- compilation -----------------------------------------------------------------------
@@ -686,8 +691,7 @@ class NumbaBackend(NumpyBackend):
         self.softmax(w)
         cache = np.zeros((2, 1, 2, 8, 32), np.float32)
         q = rng.standard_normal((1, 2, 4, 32)).astype(np.float32)
-        for S in (4, 8):  # the cache's keys as a strided view, and whole (contiguous)
-            self.attention(q, cache[0, :, :, :S], cache[1, :, :, :S])
+        self.attention(q, cache[0], cache[1], n_keys=6)
         self.compile_s = time.perf_counter() - t
         return self.compile_s
 

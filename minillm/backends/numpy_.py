@@ -77,8 +77,12 @@ class NumpyBackend:
         """Softmax over the last axis, shifted by the row maximum."""
         return F.softmax(x)
 
-    def attention(self, q: np.ndarray, k: np.ndarray, v: np.ndarray) -> np.ndarray:
-        """Causal attention; q (B, H, T, D) are the *last* T of the S positions in k, v (B, H, S, D)."""
+    def attention(self, q: np.ndarray, k: np.ndarray, v: np.ndarray, n_keys: int | None = None) -> np.ndarray:
+        """Causal attention; q (B, H, T, D) are the *last* T of the S positions in k, v (B, H, S, D).
+
+        With `n_keys`, only the first n_keys positions of k, v are keys: k, v may then be a
+        whole preallocated KV cache (B, H, size, D), whose unused positions are ignored."""
+        k, v = keys_in_use(q, k, v, n_keys)
         T, S = q.shape[2], k.shape[2]
         s = (q @ k.transpose(0, 1, 3, 2)) * (1.0 / math.sqrt(q.shape[-1]))  # (B, H, T, S)
         if T > 1:  # a single new query may see every cached key: no mask needed
@@ -109,6 +113,16 @@ class NumpyBackend:
 
     def __repr__(self) -> str:
         return f"<minillm backend {self.name!r}>"
+
+
+def keys_in_use(q: Any, k: Any, v: Any, n_keys: int | None) -> tuple[Any, Any]:
+    """k, v cut to their first `n_keys` positions (axis 2), after checking that they hold the
+    T queries' own positions: T <= n_keys <= k's length."""
+    if n_keys is None:
+        return k, v
+    if isinstance(n_keys, bool) or not isinstance(n_keys, (int, np.integer)) or not q.shape[2] <= n_keys <= k.shape[2]:
+        raise ValueError(f"n_keys must be an int from T={q.shape[2]} to the cache length {k.shape[2]}, got {n_keys!r}")
+    return k[:, :, :n_keys], v[:, :, :n_keys]
 
 
 # ------------------------------------------------------------------------------------------

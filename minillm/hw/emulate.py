@@ -48,8 +48,8 @@ class FormatBackend(NumpyBackend):
     def gelu(self, x: np.ndarray) -> np.ndarray:
         return round_to(super().gelu(x), self.fmt)
 
-    def attention(self, q: np.ndarray, k: np.ndarray, v: np.ndarray) -> np.ndarray:
-        return round_to(super().attention(q, k, v), self.fmt)
+    def attention(self, q: np.ndarray, k: np.ndarray, v: np.ndarray, n_keys: int | None = None) -> np.ndarray:
+        return round_to(super().attention(q, k, v, n_keys), self.fmt)
 
     def lm_head(self, x: np.ndarray, wte: Any) -> np.ndarray:
         return round_to(super().lm_head(x, wte), self.fmt)

@@ -184,8 +184,7 @@ def forward(params: dict[str, Any], config: GPTConfig, idx: np.ndarray, cache: K
         qkv = qkv.reshape(B, T, 3, H, D).transpose(2, 0, 3, 1, 4)  # (3, B, H, T, D)
         q, k, v = qkv[0], qkv[1], qkv[2]
         kv = backend.kv_write(kv, i, pos0, k, v)
-        k_all, v_all = kv[0][i, :, :, : pos0 + T], kv[1][i, :, :, : pos0 + T]  # (B, H, S, D)
-        y = backend.attention(q, k_all, v_all)  # (B, H, T, D)
+        y = backend.attention(q, kv[0][i], kv[1][i], n_keys=pos0 + T)  # (B, H, T, D)
         y = y.transpose(0, 2, 1, 3).reshape(B * T, C)  # (BT, C)
         x = x + backend.linear(y, params[p + "attn.c_proj.weight"], params[p + "attn.c_proj.bias"])
         h = backend.layer_norm(x, params[p + "ln_2.weight"], params[p + "ln_2.bias"], eps)
