@@ -114,8 +114,9 @@ class ArrayBackend(NumpyBackend):
         return a @ b
 
     def mm_t(self, a: Any, bt: Any) -> Any:
-        """$a B$ for B held transposed, bt = $B^\\top$ (JAX overrides it to contract without a transpose)."""
-        return self.mm(a, bt.T)
+        """$a B$ for B held transposed, bt = $B^\\top$ (..., n, k), batched over leading axes (JAX
+        overrides it to contract without a transpose)."""
+        return self.mm(a, bt.swapaxes(-1, -2))
 
     def dequantize(self, w: Any) -> Any:
         """The dense float32 (in, out) matrix of a kernel form, built with `xp` operations."""
@@ -195,7 +196,7 @@ class ArrayBackend(NumpyBackend):
         $t$ iff $s \\le \\mathrm{pos0} + t$ (so cache entries past the queries are ignored)."""
         xp = self.xp
         T, S = q.shape[2], k.shape[2]
-        s = self.mm(q, k.swapaxes(-1, -2)) * np.float32(1.0 / np.sqrt(q.shape[-1]))  # (B, H, T, S)
+        s = self.mm_t(q, k) * np.float32(1.0 / np.sqrt(q.shape[-1]))  # (B, H, T, S)
         hidden = xp.arange(S)[None, :] > (pos0 + xp.arange(T))[:, None]  # (T, S) future keys
         s = xp.where(hidden, -np.inf, s.astype(np.float32))
         return self.mm(self.softmax(s).astype(self.dtype), v)  # (B, H, T, D)

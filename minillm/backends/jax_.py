@@ -94,8 +94,11 @@ class JaxBackend(ArrayBackend):
 
     def mm_t(self, a: Any, bt: Any) -> Any:
         """$a B$ with bt = $B^\\top$: one `dot_general` contracting both last axes, so XLA reads bt
-        in place (``a @ bt.T`` made XLA copy the transposed weight at every step here)."""
-        dims = (((a.ndim - 1,), (1,)), ((), ()))
+        in place (``a @ bt.T`` made XLA copy the transposed weight at every step here, and
+        attention's keys at every layer). A 2-D bt is shared by all rows of `a`; a batched one
+        (B, H, S, D) pairs with a's leading axes."""
+        batch = tuple(range(bt.ndim - 2))
+        dims = (((a.ndim - 1,), (bt.ndim - 1,)), (batch, batch))
         y = lax.dot_general(a, bt, dims, precision=self._precision, preferred_element_type=jnp.float32)
         return y.astype(self.dtype)
 
