@@ -89,7 +89,7 @@ TILE = 512  # output columns dequantized at once on the prefill (BLAS) path
 Q4_LANES = 64  # outputs per task of the Q4_0 kernel: four 16-float SIMD vectors
 NIBBLE_SCALE = (16.0 ** -np.arange(8)).astype(np.float32)  # 1 / 16^k for nibble k
 JIT = dict(parallel=True, fastmath=True, cache=True)
-# Without "reassoc", LLVM keeps our order of additions: a balanced tree of independent sums
+# Without "reassoc", LLVM keeps our order of additions: sums of independent pairs
 # instead of one long chain of dependent multiply-adds (for kernels that need no reductions).
 JIT_ORDERED = dict(JIT, fastmath={"contract", "nsz", "arcp"})
 
@@ -349,18 +349,18 @@ def matmul_q4_0(x, words, d, bias, y):  # pragma: no cover - compiled
             blk = np.empty(64, np.float32)
             for kb in range(n_blocks):
                 z = np.float32(-8.0) * xsum[r, kb]
-                for l in range(64):
-                    blk[l] = z
                 for c in range(4 * kb, 4 * kb + 4):  # 8 inputs per step
                     i = 8 * c
                     x0, x1, x2, x3 = xs[r, i], xs[r, i + 1], xs[r, i + 2], xs[r, i + 3]
                     x4, x5, x6, x7 = xs[r, i + 4], xs[r, i + 5], xs[r, i + 6], xs[r, i + 7]
+                    first = c == 4 * kb  # the block's sum starts here (no separate zeroing pass)
                     for l in range(64):
                         w = words[t, c, l]
-                        blk[l] += ((x0 * np.float32(w & m0) + x1 * np.float32(w & m1))
-                                   + (x2 * np.float32(w & m2) + x3 * np.float32(w & m3))
-                                   + (x4 * np.float32(w & m4) + x5 * np.float32(w & m5))
-                                   + (x6 * np.float32(w & m6) + x7 * np.float32(w & m7)))
+                        v = ((x0 * np.float32(w & m0) + x1 * np.float32(w & m1))
+                             + (x2 * np.float32(w & m2) + x3 * np.float32(w & m3))
+                             + (x4 * np.float32(w & m4) + x5 * np.float32(w & m5))
+                             + (x6 * np.float32(w & m6) + x7 * np.float32(w & m7)))
+                        blk[l] = (z + v) if first else (blk[l] + v)
                 for l in range(64):
                     out[l] += d[t, kb, l] * blk[l]
             for l in range(min(64, n_out - 64 * t)):
