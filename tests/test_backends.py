@@ -370,11 +370,14 @@ def test_numba_compile_reports_its_time():
 
 def test_jax_decode_does_not_recompile_per_position(small_model):
     jb = get_backend("jax")
+    assert jb.min_bucket == 32
     idx = np.random.default_rng(3).integers(0, SMALL.vocab_size, (2, 8))
     minillm.generate(small_model, idx, 3, temperature=0, backend=jb)  # prefill (T=8) and decode
     before = jb.compile_cache_size()
-    minillm.generate(small_model, idx, 40, temperature=0, backend=jb)  # 39 more positions
+    minillm.generate(small_model, idx, 24, temperature=0, backend=jb)  # positions up to 31: same bucket
     assert jb.compile_cache_size() == before
+    minillm.generate(small_model, idx, 40, temperature=0, backend=jb)  # up to 47: one more bucket (64)
+    assert jb.compile_cache_size() == before + 1
 
 
 def test_jax_cache_buffers_are_donated(small_model):

@@ -11,7 +11,7 @@ shapes the design:
 - the position $t_0$ is a traced integer, not a Python constant: new keys go in with
   ``lax.dynamic_update_slice`` at $t_0$, and attention masks the keys that are not yet filled,
   $s > t_0 + t$. One compiled step serves every position;
-- attention reads the first $S' = \\min(S, \\max(128, 2^{\\lceil \\log_2(t_0 + T) \\rceil}))$ cache
+- attention reads the first $S' = \\min(S, \\max(32, 2^{\\lceil \\log_2(t_0 + T) \\rceil}))$ cache
   positions (a static length), so early steps do not pay for the whole context window and there
   are at most $\\log_2$ (context) + 1 compiled variants per (batch, T).
 
@@ -61,7 +61,7 @@ class JaxBackend(ArrayBackend):
         Storage and compute type of weights, activations and the KV cache.
     """
 
-    min_bucket = 128  # smallest attention length compiled (see the module docstring)
+    min_bucket = 32  # smallest attention length compiled (see the module docstring)
 
     def __init__(self, dtype: str = "float32") -> None:
         if dtype not in DTYPES:
