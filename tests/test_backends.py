@@ -459,3 +459,32 @@ def test_numba_q4_0_tiles_hold_the_same_codes(shape):
     exact = x.astype(np.float64) @ kind.dequantize().astype(np.float64)
     M, n = magnitude(kind)
     assert np.all(np.abs(got - exact) <= (n + 4) * EPS32 * (np.abs(x) @ M) + 1e-30)
+
+
+def test_numba_compile_covers_what_decoding_runs():
+    """After `NumbaBackend.compile()`, prefill and decoding with every quantized format compile
+    nothing more (else the first step's time would hide a compilation). A fresh process, so no
+    other test has compiled anything first."""
+    get_backend("numba")
+    code = """
+import numpy as np, minillm
+from minillm.backends import numba_ as nb
+from minillm.compress.quantize import quantize_params
+be = nb.NumbaBackend()
+be.compile()
+kernels = {n: f for n, f in vars(nb).items() if hasattr(f, "signatures") and hasattr(f, "py_func")}
+before = {n: len(f.signatures) for n, f in kernels.items()}
+model = minillm.GPT(minillm.GPTConfig(vocab_size=96, block_size=64, n_layer=2, n_head=4, n_embd=64), seed=5)
+for kind in (None, "int8", "q8_0", "q4_0", "int4-g32"):
+    m = model if kind is None else minillm.GPT(model.config, params=quantize_params(model.params, kind))
+    for prompt in (np.zeros((1, 5), int), np.zeros((1, 40), int), np.zeros((2, 3), int)):
+        minillm.generate(m, prompt, 3, temperature=0, backend=be)
+grown = {n: len(f.signatures) - before[n] for n, f in kernels.items() if len(f.signatures) != before[n]}
+assert not grown, grown
+print("ok")
+"""
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0 and run.stdout.strip() == "ok", run.stdout + run.stderr
