@@ -697,7 +697,8 @@ class NumbaBackend(NumpyBackend):
         for kind in ws:
             for rows in (1, self.prefill_rows):  # the fused and the tiled BLAS path
                 self.linear(w[:rows], kind, w[0])
-        self.layer_norm(w, w[0], w[1], 1e-5)
+        for rows in (1, 2):  # one row (decode: serial kernel) and several (parallel)
+            self.layer_norm(w[:rows], w[0], w[1], 1e-5)
         self.gelu(w)
         self.softmax(w)
         cache = np.zeros((2, 1, 2, 8, 32), np.float32)
