@@ -24,6 +24,13 @@ from . import backends
 from .nn.gpt import GPT, KVCache, forward
 
 
+# Idle this long before timing a backend: the previous measurement's thread pools (OpenBLAS,
+# OpenMP, XLA) spin for a while after their last call and would compete with the next one's
+# threads (teacher, int8, Numba, right after 30 BLAS 1024^2 matmuls: 3,451 tok/s median of 8;
+# after 0.3 s idle: 4,814).
+SETTLE_S = 0.3
+
+
 def decode_bytes_per_token(model: GPT, context: int, batch: int = 1) -> int:
     """Bytes a decode step at `context` positions reads: every block weight, the LM head (all of
     the tied embedding, in whatever format it is stored), one embedding row for the token (in
@@ -350,9 +357,7 @@ def bench_suite(rounds: int = 3, peer_python: str | None = None, kv_cache: bool 
         machine.append(measure_cpu())  # the limit of *this* round: the machine's state drifts
         bandwidth = machine[-1]["mem_bandwidth"] / 1e9
         for name, backend, weights in SUITE:
-            # Idle a moment first: the previous entry's thread pools (OpenBLAS, OpenMP, XLA) spin
-            # for a while after their last call and would compete with this entry's threads.
-            time.sleep(0.3)
+            time.sleep(SETTLE_S)
             res = bench_decode(models[name, weights], backend, 16, 32, repeat=3, bandwidth_gb_s=bandwidth)
             runs[f"{name}/{backend}/{weights}"].append(res)
             bar.update()

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from . import backends as backends_mod
-from .bench import bench_decode, machine_info
+from .bench import SETTLE_S, bench_decode, machine_info
 from .io import WEIGHTS_DIR, load
 from .nn.gpt import GPT
 
@@ -116,6 +116,7 @@ def run_tour(json_path: str | None = None, out_dir: str | None = "tour-out", bac
         bar.update(1)
         for b in names:
             bar.set_postfix_str(f"{name}: {b}")
+            time.sleep(SETTLE_S)  # let the previous step's thread pools stop spinning
             res = bench_decode(model, b, prompt_tokens, new_tokens, repeat=1 if quick else 2,
                                bandwidth_gb_s=bandwidth)  # fmt: skip
             rows.append({"variant": name, "backend": b, "weights": _weights_label(model), "note": note,
