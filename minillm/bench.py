@@ -23,7 +23,6 @@ import numpy as np
 from . import backends
 from .nn.gpt import GPT, KVCache, forward
 
-
 # Idle this long before timing a backend: the previous measurement's thread pools (OpenBLAS,
 # OpenMP, XLA) spin for a while after their last call and would compete with the next one's
 # threads (teacher, int8, Numba, right after 30 BLAS 1024^2 matmuls: 3,451 tok/s median of 8;
