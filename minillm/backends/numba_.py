@@ -345,8 +345,8 @@ def matmul_q4_0(x, words, d, bias, y):  # pragma: no cover - compiled
     m4, m5, m6, m7 = np.uint32(0xF0000), np.uint32(0xF00000), np.uint32(0xF000000), np.uint32(0xF0000000)
     for t in prange(n_tiles):
         for r in range(N):
-            out = np.zeros(64, np.float32)
-            blk = np.empty(64, np.float32)
+            out = np.zeros(Q4_LANES, np.float32)
+            blk = np.empty(Q4_LANES, np.float32)
             for kb in range(n_blocks):
                 z = np.float32(-8.0) * xsum[r, kb]
                 for c in range(4 * kb, 4 * kb + 4):  # 8 inputs per step
@@ -354,17 +354,17 @@ def matmul_q4_0(x, words, d, bias, y):  # pragma: no cover - compiled
                     x0, x1, x2, x3 = xs[r, i], xs[r, i + 1], xs[r, i + 2], xs[r, i + 3]
                     x4, x5, x6, x7 = xs[r, i + 4], xs[r, i + 5], xs[r, i + 6], xs[r, i + 7]
                     first = c == 4 * kb  # the block's sum starts here (no separate zeroing pass)
-                    for l in range(64):
+                    for l in range(Q4_LANES):
                         w = words[t, c, l]
                         v = ((x0 * np.float32(w & m0) + x1 * np.float32(w & m1))
                              + (x2 * np.float32(w & m2) + x3 * np.float32(w & m3))
                              + (x4 * np.float32(w & m4) + x5 * np.float32(w & m5))
                              + (x6 * np.float32(w & m6) + x7 * np.float32(w & m7)))
                         blk[l] = (z + v) if first else (blk[l] + v)
-                for l in range(64):
+                for l in range(Q4_LANES):
                     out[l] += d[t, kb, l] * blk[l]
-            for l in range(min(64, n_out - 64 * t)):
-                y[r, 64 * t + l] = out[l] + bias[64 * t + l]
+            for l in range(min(Q4_LANES, n_out - Q4_LANES * t)):
+                y[r, Q4_LANES * t + l] = out[l] + bias[Q4_LANES * t + l]
 
 
 @njit(**JIT)
@@ -413,7 +413,7 @@ def dequant_q8_0(qs, d, o0, out):  # pragma: no cover - compiled
 def dequant_q4_0(words, d, o0, out):  # pragma: no cover - compiled
     eight, low = np.float32(8.0), np.uint32(15)
     for j in prange(out.shape[0]):
-        t, lane = (o0 + j) // 64, (o0 + j) % 64
+        t, lane = (o0 + j) // Q4_LANES, (o0 + j) % Q4_LANES
         for c in range(words.shape[1]):
             w = words[t, c, lane]
             for k in range(8):
