@@ -139,7 +139,7 @@ def render_bench(result: dict[str, Any]) -> str:
         lo, hi = min(r["decode_tok_s"]), max(r["decode_tok_s"])
         out.append(f"| {r['model']} | {r['backend']} | {r['weights']} | {r['median_tok_s']:.1f} | {lo:.0f}–{hi:.0f} "
                    f"| {r['prefill_tok_s']:.0f} | {r['bytes_per_token'] / 1e6:.1f} MB | {r['median_gb_s']:.1f} "
-                   f"| {100 * r['roofline_frac']:.0f} % |")  # fmt: skip
+                   f"| {100 * r['roofline_frac']:.1f} % |")  # fmt: skip
     if result.get("transformers_tok_s"):
         t = result["transformers_tok_s"]
         out += ["", f"transformers' `generate` (PyTorch, same shape and run, prefill included as in its usual "
@@ -151,7 +151,7 @@ def render_bench(result: dict[str, Any]) -> str:
         goal = f"≥ {need:g}×" if need is not None else ""
         out.append(f"| {name} {goal} | {r['median']:.2f}× | {', '.join(f'{v:.2f}' for v in r['per_round'])} "
                    f"| {verdict} |")  # fmt: skip
-    below = [f"{r['backend']} {r['weights']} ({100 * r['roofline_frac']:.0f} %)"
+    below = [f"{r['backend']} {r['weights']} ({100 * r['roofline_frac']:.1f} %)"
              for r in result["decode"] if r["model"] == "gpt2" and r["roofline_frac"] < ROOFLINE_TARGET]  # fmt: skip
     out += ["", f"GPT-2 shape, every format at ≥ {100 * ROOFLINE_TARGET:.0f} % of its bandwidth limit: "
                 + ("met." if not below else f"**missed** by {', '.join(below)}.")

@@ -35,4 +35,4 @@ def test_render_bench_states_every_target_met_or_missed():
     text = docgen.render_bench(result)
     assert "| numba int8 / numpy fp32 (gpt2) ≥ 3× | 3.10× | 3.20, 2.90, 3.10 | met |" in text
     assert "| jax fp32 / numpy fp32 (gpt2) ≥ 1× | 0.80× | 0.80 | **missed** |" in text
-    assert "**missed** by jax fp32 (50 %)." in text and "90.0 | 80–100 |" in text
+    assert "**missed** by jax fp32 (50.0 %)." in text and "90.0 | 80–100 |" in text
