@@ -465,8 +465,9 @@ def gelu_flat(x, y):  # pragma: no cover - compiled
     """GPT-2's GELU $\\tfrac12 x (1 + \\tanh u)$, $u = \\sqrt{2/\\pi}(x + 0.044715 x^3)$, in float32,
     computed as $x - x / (1 + e^{2u})$ (the same function: $\\tfrac12(1 + \\tanh u) = 1/(1 + e^{-2u})$).
 
-    Why: ``tanh`` compiles to a call into the C library, one element at a time, while ``exp``
-    with ``fastmath`` vectorizes — 3x faster here. $2u$ is capped at 40 ($e^{40} \\approx 2\\cdot 10^{17}$,
+    Why: both compile to one C-library call per element (without Intel's SVML, Numba has no
+    SIMD versions of either), but ``expf`` is the cheaper call — 2.4x faster here (16.0 -> 6.6 us
+    for 3072 values). $2u$ is capped at 40 ($e^{40} \\approx 2\\cdot 10^{17}$,
     where the correction $x/(1+e^{2u})$ is already below float32 resolution), so nothing overflows."""
     c2 = np.float32(2.0 * math.sqrt(2.0 / math.pi))
     a = np.float32(0.044715)
