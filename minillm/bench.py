@@ -331,13 +331,67 @@ def hf_generate_tok_s(peer_python: str, prompt_tokens: int = 16, new_tokens: int
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def bench_products(model: GPT, backend: Any = "numpy", repeat: int = 5,
+                   bandwidth_gb_s: float | None = None) -> dict[str, Any]:  # fmt: skip
+    """The matrix products of one decode step, timed alone: every block's four and the LM head.
+
+    A decode step is these products plus everything else (layer norms, attention, GELU, the
+    Python or runtime between them); timing the products alone splits a step's distance from
+    the bandwidth limit into the kernels' share and the rest's. They run as in the model, each
+    product's input made from the previous one's output (so none can overlap another), in the
+    backend's own `linear` and `lm_head` — one compiled program on a backend that compiles
+    whole steps (JAX). Best of `repeat` runs after a warm-up; returns ``products_ms``, the
+    bytes they read, ``products_gb_s`` and, with a bandwidth, ``products_frac``."""
+    from .nn.gpt import BLOCK_WEIGHTS
+
+    be = backends.get(backend)
+    cfg = model.config
+    C = cfg.n_embd
+    params = be.prepare(model.params)
+    names = [f"h.{i}.{n}" for i in range(cfg.n_layer) for n in BLOCK_WEIGHTS]
+    ws = [(params[n + ".weight"], params[n + ".bias"]) for n in names]
+    head = params["wte.weight"]
+    nbytes = sum(int(model.params[n + s].nbytes) for n in names for s in (".weight", ".bias"))
+    nbytes += int(model.params["wte.weight"].nbytes)
+
+    def chain(ws: list, head: Any, x: Any) -> Any:
+        for w, b in ws:  # c_attn's output is (1, 3C): its first C values feed c_proj
+            x = be.linear(x[:, :C] if x.shape[1] == 3 * C else x, w, b)
+        return be.lm_head(x, head)
+
+    x0 = be.asarray(np.random.default_rng(0).standard_normal((1, C)).astype(np.float32))
+    if hasattr(be, "forward"):  # a compiling backend: the chain is one program, as its step is
+        import jax
+
+        compiled = jax.jit(chain)
+
+        def run() -> Any:
+            return compiled(ws, head, x0).block_until_ready()
+    else:
+        def run() -> Any:
+            return be.to_numpy(chain(ws, head, x0))
+
+    run()  # compile / warm up
+    best = float("inf")
+    for _ in range(repeat):
+        t = time.perf_counter()
+        run()
+        best = min(best, time.perf_counter() - t)
+    out: dict[str, Any] = {"products_ms": round(best * 1e3, 3), "products_bytes": nbytes,
+                           "products_gb_s": round(nbytes / best / 1e9, 2)}  # fmt: skip
+    if bandwidth_gb_s:
+        out["products_frac"] = round(out["products_gb_s"] / bandwidth_gb_s, 3)
+    return out
+
+
 def bench_suite(rounds: int = 3, peer_python: str | None = None, kv_cache: bool = True,
                 progress: bool = True) -> dict[str, Any]:  # fmt: skip
     """Every `SUITE` entry, `rounds` times interleaved (so a noisy minute hits all of them), plus
     transformers' generate (if `peer_python` is given) and the KV-cache speed-ups.
 
-    Each round runs `bench_decode` (best of 3 runs of prompt 16 + 32 new tokens) per entry; the
-    result keeps every round and the median, and the ratios the backends targets are stated in,
+    Each round runs `bench_decode` (best of 3 runs of prompt 16 + 32 new tokens) per entry, and
+    on the GPT-2 shape `bench_products` (the step's products alone); the result keeps every
+    round and the median, and the ratios the backends targets are stated in,
     computed per round (a ratio of two numbers measured a few seconds apart) and summarised by
     their median."""
     from tqdm.auto import tqdm
@@ -358,6 +412,9 @@ def bench_suite(rounds: int = 3, peer_python: str | None = None, kv_cache: bool 
         for name, backend, weights in SUITE:
             time.sleep(SETTLE_S)
             res = bench_decode(models[name, weights], backend, 16, 32, repeat=3, bandwidth_gb_s=bandwidth)
+            if name == "gpt2":  # the products alone: how much of the step's distance is theirs
+                time.sleep(SETTLE_S)
+                res |= bench_products(models[name, weights], backend, repeat=5, bandwidth_gb_s=bandwidth)
             runs[f"{name}/{backend}/{weights}"].append(res)
             bar.update()
             if peer_python and (name, backend, weights) == ("gpt2", "numpy", "fp32"):
@@ -376,6 +433,9 @@ def bench_suite(rounds: int = 3, peer_python: str | None = None, kv_cache: bool 
                      "roofline_tok_s": rs[0]["roofline_tok_s"],
                      "roofline_frac": float(np.median([r["roofline_frac"] for r in rs])),
                      "warmup_s": float(np.median([r["warmup_s"] for r in rs]))})  # fmt: skip
+        if "products_frac" in rs[0]:
+            rows[-1] |= {"products_ms": float(np.median([r["products_ms"] for r in rs])),
+                         "products_frac": float(np.median([r["products_frac"] for r in rs]))}  # fmt: skip
 
     def ratio(a: str, b: str | list[float]) -> dict[str, Any]:
         num = [r["decode_tok_s"] for r in runs[a]]

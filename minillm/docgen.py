@@ -132,14 +132,18 @@ def render_bench(result: dict[str, Any]) -> str:
            f"{result['bandwidth_gb_s']} GB/s (rounds: {_gb_list(result)}) and {result['peak_fp32_gflops']} "
            f"GFLOP/s; each row's bandwidth limit uses its own round's figure. Prompt 16 + 32 new "
            f"tokens, batch 1; each entry ran {result['rounds']} times, interleaved with the others (best of 3 "
-           f"runs each time, after 0.3 s idle): the median, and the range.", "",
+           f"runs each time, after 0.3 s idle): the median, and the range. \"Its products alone\": the "
+           f"step's 48 block products and LM head timed by themselves (`bench_products`, best of 5 each "
+           f"round), as a fraction of the same limit — the kernels' share of the distance; the rest of "
+           f"the step (layer norms, attention, GELU, the code between) makes up the difference.", "",
            "| model | backend | weights | decode tok/s | (range) | prefill tok/s | bytes / token | GB/s "
-           "| of the bandwidth limit |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+           "| of the bandwidth limit | its products alone |", "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in result["decode"]:
         lo, hi = min(r["decode_tok_s"]), max(r["decode_tok_s"])
+        alone = f"{100 * r['products_frac']:.1f} %" if "products_frac" in r else "–"
         out.append(f"| {r['model']} | {r['backend']} | {r['weights']} | {r['median_tok_s']:.1f} | {lo:.0f}–{hi:.0f} "
                    f"| {r['prefill_tok_s']:.0f} | {r['bytes_per_token'] / 1e6:.1f} MB | {r['median_gb_s']:.1f} "
-                   f"| {100 * r['roofline_frac']:.1f} % |")  # fmt: skip
+                   f"| {100 * r['roofline_frac']:.1f} % | {alone} |")  # fmt: skip
     if result.get("transformers_tok_s"):
         t = result["transformers_tok_s"]
         out += ["", f"transformers' `generate` (PyTorch, same shape and run, prefill included as in its usual "

@@ -419,6 +419,21 @@ def test_bench_decode_runs_on_every_backend(be, small_model):
     assert res["backend"] == be.name and res["decode_tok_s"] > 0
 
 
+def test_bench_products_times_every_block_product_and_the_head(be, small_model):
+    from minillm.bench import bench_products
+
+    res = bench_products(small_model, be, repeat=1, bandwidth_gb_s=10.0)
+    cfg = small_model.config
+    C, L, V = cfg.n_embd, cfg.n_layer, cfg.vocab_size
+    # float32: per block C x 3C, C x C, C x 4C, 4C x C weights and their biases; the tied head V x C
+    assert res["products_bytes"] == 4 * (L * (12 * C * C + 9 * C) + V * C)
+    assert res["products_ms"] > 0
+    # bytes / time, up to the rounding of both figures (ms to 0.001, GB/s to 0.01)
+    ms, nbytes = res["products_ms"], res["products_bytes"]
+    assert nbytes / ((ms + 0.0005) * 1e6) - 0.005 <= res["products_gb_s"] <= nbytes / ((ms - 0.0005) * 1e6) + 0.005
+    assert res["products_frac"] == round(res["products_gb_s"] / 10.0, 3)
+
+
 
 def test_numba_gelu_without_tanh_matches_everywhere():
     """x - x / (1 + e^{2u}) is GPT-2's tanh GELU; no overflow to inf or NaN at any float32 input."""
