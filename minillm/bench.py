@@ -46,6 +46,18 @@ def decode_bytes_per_token(model: GPT, context: int, batch: int = 1) -> int:
     return total
 
 
+def _check_counts(**counts: Any) -> None:
+    for name, v in counts.items():
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise ValueError(f"{name} must be a positive int, got {v!r}")
+
+
+def _check_bandwidth(bandwidth_gb_s: Any) -> None:
+    if bandwidth_gb_s is not None and (isinstance(bandwidth_gb_s, bool) or not isinstance(bandwidth_gb_s, (int, float))
+                                       or not 0 < bandwidth_gb_s < float("inf")):  # fmt: skip
+        raise ValueError(f"bandwidth_gb_s must be a finite number > 0 or None, got {bandwidth_gb_s!r}")
+
+
 def bench_decode(model: GPT, backend: Any = "numpy", prompt_tokens: int = 16, new_tokens: int = 32,
                  repeat: int = 3, batch: int = 1, seed: int = 0,
                  bandwidth_gb_s: float | None = None) -> dict[str, Any]:  # fmt: skip
@@ -57,13 +69,8 @@ def bench_decode(model: GPT, backend: Any = "numpy", prompt_tokens: int = 16, ne
     `roofline_frac`.
     """
     cfg = model.config
-    for name, v in (("prompt_tokens", prompt_tokens), ("new_tokens", new_tokens), ("repeat", repeat),
-                    ("batch", batch)):  # fmt: skip
-        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-            raise ValueError(f"{name} must be a positive int, got {v!r}")
-    if bandwidth_gb_s is not None and (isinstance(bandwidth_gb_s, bool) or not isinstance(bandwidth_gb_s, (int, float))
-                                       or not 0 < bandwidth_gb_s < float("inf")):  # fmt: skip
-        raise ValueError(f"bandwidth_gb_s must be a finite number > 0 or None, got {bandwidth_gb_s!r}")
+    _check_counts(prompt_tokens=prompt_tokens, new_tokens=new_tokens, repeat=repeat, batch=batch)
+    _check_bandwidth(bandwidth_gb_s)
     if prompt_tokens + new_tokens > cfg.block_size:
         raise ValueError(f"prompt_tokens + new_tokens = {prompt_tokens + new_tokens} exceeds the "
                          f"context block_size={cfg.block_size}")  # fmt: skip
@@ -331,7 +338,7 @@ def hf_generate_tok_s(peer_python: str, prompt_tokens: int = 16, new_tokens: int
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def bench_products(model: GPT, backend: Any = "numpy", repeat: int = 5,
+def bench_products(model: GPT, backend: Any = "numpy", steps: int = 31, repeat: int = 3,
                    bandwidth_gb_s: float | None = None) -> dict[str, Any]:  # fmt: skip
     """The matrix products of one decode step, timed alone: every block's four and the LM head.
 
@@ -340,10 +347,14 @@ def bench_products(model: GPT, backend: Any = "numpy", repeat: int = 5,
     the bandwidth limit into the kernels' share and the rest's. They run as in the model, each
     product's input made from the previous one's output (so none can overlap another), in the
     backend's own `linear` and `lm_head` — one compiled program on a backend that compiles
-    whole steps (JAX). Best of `repeat` runs after a warm-up; returns ``products_ms``, the
-    bytes they read, ``products_gb_s`` and, with a bandwidth, ``products_frac``."""
+    whole steps (JAX). Timed as `bench_decode` times a step: `repeat` runs of `steps` chains
+    back to back (after a warm-up and `SETTLE_S` idle), the best run's time per chain. Returns
+    ``products_ms``, the bytes they read, ``products_gb_s`` and, with a bandwidth,
+    ``products_frac``."""
     from .nn.gpt import BLOCK_WEIGHTS
 
+    _check_counts(steps=steps, repeat=repeat)
+    _check_bandwidth(bandwidth_gb_s)
     be = backends.get(backend)
     cfg = model.config
     C = cfg.n_embd
@@ -372,11 +383,13 @@ def bench_products(model: GPT, backend: Any = "numpy", repeat: int = 5,
             return be.to_numpy(chain(ws, head, x0))
 
     run()  # compile / warm up
+    time.sleep(SETTLE_S)  # let other thread pools (BLAS after NumPy's work) stop spinning first
     best = float("inf")
     for _ in range(repeat):
         t = time.perf_counter()
-        run()
-        best = min(best, time.perf_counter() - t)
+        for _ in range(steps):
+            run()
+        best = min(best, (time.perf_counter() - t) / steps)
     out: dict[str, Any] = {"products_ms": round(best * 1e3, 3), "products_bytes": nbytes,
                            "products_gb_s": round(nbytes / best / 1e9, 2)}  # fmt: skip
     if bandwidth_gb_s:
@@ -413,8 +426,7 @@ def bench_suite(rounds: int = 3, peer_python: str | None = None, kv_cache: bool 
             time.sleep(SETTLE_S)
             res = bench_decode(models[name, weights], backend, 16, 32, repeat=3, bandwidth_gb_s=bandwidth)
             if name == "gpt2":  # the products alone: how much of the step's distance is theirs
-                time.sleep(SETTLE_S)
-                res |= bench_products(models[name, weights], backend, repeat=5, bandwidth_gb_s=bandwidth)
+                res |= bench_products(models[name, weights], backend, 31, repeat=3, bandwidth_gb_s=bandwidth)
             runs[f"{name}/{backend}/{weights}"].append(res)
             bar.update()
             if peer_python and (name, backend, weights) == ("gpt2", "numpy", "fp32"):

@@ -133,9 +133,10 @@ def render_bench(result: dict[str, Any]) -> str:
            f"GFLOP/s; each row's bandwidth limit uses its own round's figure. Prompt 16 + 32 new "
            f"tokens, batch 1; each entry ran {result['rounds']} times, interleaved with the others (best of 3 "
            f"runs each time, after 0.3 s idle): the median, and the range. \"Its products alone\": the "
-           f"step's 48 block products and LM head timed by themselves (`bench_products`, best of 5 each "
-           f"round), as a fraction of the same limit — the kernels' share of the distance; the rest of "
-           f"the step (layer norms, attention, GELU, the code between) makes up the difference.", "",
+           f"step's 48 block products and LM head timed by themselves (`bench_products`: 31 back to back, "
+           f"best of 3 runs each round, as the steps), as a fraction of the same limit — the kernels' "
+           f"share of the distance; the rest of the step (layer norms, attention, GELU, the code between) "
+           f"makes up the difference.", "",
            "| model | backend | weights | decode tok/s | (range) | prefill tok/s | bytes / token | GB/s "
            "| of the bandwidth limit | its products alone |", "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in result["decode"]:

@@ -422,7 +422,7 @@ def test_bench_decode_runs_on_every_backend(be, small_model):
 def test_bench_products_times_every_block_product_and_the_head(be, small_model):
     from minillm.bench import bench_products
 
-    res = bench_products(small_model, be, repeat=1, bandwidth_gb_s=10.0)
+    res = bench_products(small_model, be, steps=2, repeat=1, bandwidth_gb_s=10.0)
     cfg = small_model.config
     C, L, V = cfg.n_embd, cfg.n_layer, cfg.vocab_size
     # float32: per block C x 3C, C x C, C x 4C, 4C x C weights and their biases; the tied head V x C

@@ -23,7 +23,7 @@ import pytest
 import minillm
 from minillm import backends, data
 from minillm import io as mio
-from minillm.bench import bench_decode
+from minillm.bench import bench_decode, bench_products
 from minillm.compress import distill as D
 from minillm.compress import lowrank as LR
 from minillm.compress import prune as P
@@ -268,6 +268,9 @@ CASES = [
     C("bench_decode/context", lambda t: bench_decode(model(), prompt_tokens=30, new_tokens=10), ValueError,
       "prompt_tokens + new_tokens", "40", "block_size=32"),
     C("bench_decode/batch", lambda t: bench_decode(model(), batch=0), ValueError, "batch", "0", "positive int"),
+    C("bench_products/steps", lambda t: bench_products(model(), steps=0), ValueError, "steps", "0", "positive int"),
+    C("bench_products/bandwidth", lambda t: bench_products(model(), bandwidth_gb_s=float("nan")), ValueError,
+      "bandwidth_gb_s", "nan", "> 0"),
 ]  # fmt: skip
 
 
