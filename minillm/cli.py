@@ -163,7 +163,7 @@ def cmd_distill(a: argparse.Namespace) -> int:
 
 def cmd_bench(a: argparse.Namespace) -> int:
     from . import backends
-    from .bench import bench_decode, bench_train, kv_cache_speedup, machine_info, with_weights
+    from .bench import bench_decode, bench_products, bench_train, kv_cache_speedup, machine_info, with_weights
     from .config import GPTConfig
     from .nn.gpt import GPT
 
@@ -193,8 +193,11 @@ def cmd_bench(a: argparse.Namespace) -> int:
         res = kv_cache_speedup(model, a.prompt_tokens, a.tokens, backend=a.backend,
                                device=get_device("cpu") if a.bandwidth else None)  # fmt: skip
     else:
-        res = bench_decode(model, a.backend, a.prompt_tokens, a.tokens, repeat=a.repeat,
-                           bandwidth_gb_s=_bandwidth() if a.bandwidth else None)  # fmt: skip
+        bandwidth = _bandwidth() if a.bandwidth else None
+        res = bench_decode(model, a.backend, a.prompt_tokens, a.tokens, repeat=a.repeat, bandwidth_gb_s=bandwidth)
+        if a.products:
+            res |= bench_products(model, a.backend, steps=max(1, a.tokens - 1), repeat=a.repeat,
+                                  bandwidth_gb_s=bandwidth)  # fmt: skip
     res = {"model": a.model, "weights": a.weights, **res, "machine": machine_info()}
     print(json.dumps(res, indent=2))
     _write_json(a.json, res)
@@ -317,6 +320,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "rounds interleaved, plus the KV-cache speed-ups: JSON to PATH (docs/results/bench.json)")
     b.add_argument("--peer-python", metavar="PYTHON", help="with --suite: an interpreter with torch and "
                    "transformers, to time transformers' generate in the same run")  # fmt: skip
+    b.add_argument("--products", action="store_true", help="also time the step's matrix products alone "
+                   "(products_ms, products_gb_s, products_frac: how much of the step the kernels are)")  # fmt: skip
     b.add_argument("--no-bandwidth", dest="bandwidth", action="store_false",
                    help="skip measuring memory bandwidth (no roofline fraction)")  # fmt: skip
     backend_arg(b)

@@ -62,9 +62,10 @@ def test_bench_writes_the_documented_keys(tmp_path, monkeypatch):
     monkeypatch.setitem(config.PRESETS, "gpt2", dict(vocab_size=64, block_size=64, n_layer=1, n_head=2, n_embd=32))
     path = tmp_path / "b.json"
     assert main(["bench", "--model", "gpt2", "--backend", "numpy", "--weights", "fp32", "--tokens", "4",
-                 "--no-bandwidth", "--repeat", "1", "--json", str(path)]) == 0  # fmt: skip
+                 "--no-bandwidth", "--repeat", "1", "--products", "--json", str(path)]) == 0  # fmt: skip
     res = json.loads(path.read_text())
     for key in ("model", "backend", "weights", "prompt_tokens", "new_tokens", "decode_tok_s", "prefill_tok_s",
-                "achieved_gb_s"):  # fmt: skip
+                "achieved_gb_s", "products_ms", "products_gb_s"):  # fmt: skip
         assert key in res
-    assert res["decode_tok_s"] > 0
+    assert res["decode_tok_s"] > 0 and res["products_ms"] > 0
+    assert "products_frac" not in res  # no bandwidth measured, no fraction
