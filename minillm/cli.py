@@ -68,6 +68,19 @@ def _load_model(name: str):
     return load(name)
 
 
+def _prepare_outputs(a: argparse.Namespace) -> None:
+    """Check every JSON output path before any work, creating missing parent directories: a
+    bad path found only at the end would throw away minutes of benchmarking or a whole tour."""
+    for option in ("json", "suite", "tradeoffs"):
+        path = getattr(a, option, None)
+        if not path:
+            continue
+        path = Path(path)
+        if path.is_dir():
+            raise ValueError(f"--{option} {path} is a directory; give a file path, e.g. {path / 'result.json'}")
+        path.parent.mkdir(parents=True, exist_ok=True)  # fails here (an OSError) if it cannot be made
+
+
 def _write_json(path: str | None, obj: Any) -> None:
     if path:
         from .io import atomic_write_text
@@ -362,6 +375,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     a = parser.parse_args(argv)
     try:
+        _prepare_outputs(a)
         return a.func(a)
     except KeyboardInterrupt:
         print("minillm: interrupted", file=sys.stderr)

@@ -187,8 +187,10 @@ def _save_files(
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write `text` (UTF-8) to `path` atomically: a reader sees the old file or the new, never half."""
+    """Write `text` (UTF-8) to `path` atomically: a reader sees the old file or the new, never half.
+    A missing parent directory is created."""
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp, _ = _stage(path, [text.encode("utf-8")])
     _commit([(tmp, path)])
     return path

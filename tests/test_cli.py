@@ -49,7 +49,7 @@ def test_debug_flag_shows_the_traceback():
 
 
 def test_roofline_writes_json(tmp_path):
-    path = tmp_path / "r.json"
+    path = tmp_path / "new" / "dir" / "r.json"  # missing parents are created
     assert main(["roofline", "--model", "gpt2", "--weights", "q4_0", "--device", "h100", "--json", str(path)]) == 0
     rep = json.loads(path.read_text())
     assert rep["total"]["weight_bytes"] > 0 and rep["weights"] == "q4_0" and rep["device"] == "h100"
@@ -69,3 +69,17 @@ def test_bench_writes_the_documented_keys(tmp_path, monkeypatch):
         assert key in res
     assert res["decode_tok_s"] > 0 and res["products_ms"] > 0
     assert "products_frac" not in res  # no bandwidth measured, no fraction
+
+
+def test_a_bad_output_path_fails_before_the_work(tmp_path, monkeypatch, capsys):
+    import minillm.tour as tour
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("the tour started although its --json path is unusable")
+
+    monkeypatch.setattr(tour, "run_tour", must_not_run)
+    assert main(["tour", "--json", str(tmp_path)]) == 2  # a directory, not a file
+    assert "is a directory" in capsys.readouterr().err
+    (tmp_path / "a_file").write_text("x")
+    assert main(["tour", "--json", str(tmp_path / "a_file" / "t.json")]) == 2  # parent is a file
+    assert "minillm: error:" in capsys.readouterr().err
