@@ -454,21 +454,31 @@ def test_numba_uses_a_cheap_to_start_thread_pool():
     assert os.environ.get("GOMP_SPINCOUNT")  # a short spin unless the user chose otherwise
 
 
+@pytest.mark.parametrize("method", ["q4_0", "q8_0", "int4-g32"])
 @pytest.mark.parametrize("shape", [(32, 1), (96, 64), (128, 130)])
-def test_numba_q4_0_tiles_hold_the_same_codes(shape):
-    """The tile layout (nibble k of word [t, c, l] = code of input 8c + k, output 64t + l) keeps
-    every code and scale: dequantizing it row by row gives the kind's own dequantization, and a
-    product over a partial last tile (padding outputs) is right."""
+def test_numba_tiles_hold_the_same_codes(shape, method):
+    """The tile layouts (`TilesQ4_0`: nibble k of word [t, c, l] = code of input 8c + k, output
+    64t + l; `TilesInt`: q[t, i, l] = code of input i, output 64t + l) keep every code, scale and
+    zero point: dequantizing them row by row gives the kind's own dequantization, and a product
+    over a partial last tile (padding outputs) is right."""
     get_backend("numba")
     from minillm.backends import numba_ as nb_mod
 
     w = (RNG.standard_normal(shape) * 0.1).astype(np.float32)
-    kind = quantize_weight(w, "q4_0")
-    tiles = nb_mod.q4_0_tiles(kind)
-    assert tiles.words.shape == (-(-shape[1] // 64), shape[0] // 8, 64) and tiles.n_out == shape[1]
+    kind = quantize_weight(w, method)
+    tiles = nb_mod.rows_form(kind)
+    n_tiles = -(-shape[1] // 64)
+    if method == "q4_0":
+        assert isinstance(tiles, nb_mod.TilesQ4_0) and tiles.words.shape == (n_tiles, shape[0] // 8, 64)
+    else:
+        assert isinstance(tiles, nb_mod.TilesInt) and tiles.q.shape == (n_tiles, shape[0], 64)
+    assert tiles.n_out == shape[1]
     rows = np.empty((shape[1], shape[0]), np.float32)
-    nb_mod.dequant_q4_0(tiles.words, tiles.d, 0, rows)
+    nb_mod._dequantize_rows(tiles, 0, rows)
     np.testing.assert_array_equal(rows, kind.dequantize().T)
+    last = np.empty((1, shape[0]), np.float32)  # one row, as the embedding lookup reads it
+    nb_mod._dequantize_rows(tiles, shape[1] - 1, last)
+    np.testing.assert_array_equal(last[0], kind.dequantize()[:, -1])
     x = RNG.standard_normal((2, shape[0])).astype(np.float32)
     got = nb_mod.NumbaBackend().linear(x, tiles, None)
     exact = x.astype(np.float64) @ kind.dequantize().astype(np.float64)

@@ -11,12 +11,16 @@ scale factors out of the block's sum, so the inner loop runs on the raw codes:
 
 $$(xW)_o = \\sum_{g} s_{go} \\Big( \\sum_{i \\in g} x_i\\, q_{io} \\; - \\; z_{go} \\sum_{i \\in g} x_i \\Big)$$
 
-($z = 0$ for symmetric int8 and Q8_0, $z = 8$ for Q4_0's unsigned nibbles). The block sums
-$\\sum_{i \\in g} x_i$ are computed once per call. Weights are held output-major, (out, in):
-one parallel task (`prange`) per output computes its dot product, streaming that output's codes
-in order. Q4_0 is the exception: at half a byte per weight, unpacking the nibbles costs more
-time than reading them, so its kernel (`matmul_q4_0`) takes tiles of 64 outputs laid out to
-unpack with one AND per code and no shifts.
+($z = 0$ for symmetric int8 and Q8_0, $z = 8$ for Q4_0's unsigned nibbles; the block sums
+$\\sum_{i \\in g} x_i$ are computed once per call). The integer kinds (int8 per channel, Q8_0,
+Q4_0, the per-group kinds) are held in **tiles of 64 outputs**: for each input, the codes of
+the tile's 64 outputs sit side by side, so one parallel task (`prange`) per tile keeps the 64
+running sums in four SIMD vectors, each code costs one conversion and one multiply-add, and
+each block's sums are scaled once, at its end. (A dot product per output, over an (out, in)
+row, would reduce across SIMD lanes at every block or multiply every code by its block's scale,
+as this backend's earlier row kernels did.) Q4_0's tiles pack eight inputs into a 32-bit word,
+laid out to unpack with one AND per code and no shifts. Dense float32 weights stay output-major
+rows, one dot product per output: they have no blocks.
 
 Everything else decoding needs is fused too: layer norm (one pass per row for the statistics,
 one to normalise), GELU, and attention over the KV cache (one task per (batch, head, query):
@@ -86,7 +90,7 @@ if not os.environ.get("NUMBA_THREADING_LAYER"):
     numba.config.THREADING_LAYER_PRIORITY = ["omp", "tbb", "workqueue"]
 
 TILE = 512  # output columns dequantized at once on the prefill (BLAS) path
-Q4_LANES = 64  # outputs per task of the Q4_0 kernel: four 16-float SIMD vectors
+LANES = 64  # outputs per task of the tiled kernels: four 16-float SIMD vectors
 NIBBLE_SCALE = (16.0 ** -np.arange(8)).astype(np.float32)  # 1 / 16^k for nibble k
 JIT = dict(parallel=True, fastmath=True, cache=True)
 # Without "reassoc", LLVM keeps our order of additions: sums of independent pairs
@@ -98,33 +102,24 @@ JIT_ORDERED = dict(JIT, fastmath={"contract", "nsz", "arcp"})
 # Output-major kernel forms: the codes of output column o are one contiguous row, so the dot
 # product that produces y_o streams through memory in order (llama.cpp stores weights so too).
 @dataclass(frozen=True, eq=False)
-class RowsInt8:
-    """Int8PerChannel transposed: q (out, in) int8, scale (out,) float32."""
+class TilesInt:
+    """Int8 codes with a scale per block of inputs (Int8PerChannel, Q8_0, IntPerGroup) in tiles
+    of `LANES` outputs (see `matmul_tiles`): q (tiles, in, 64) int8, scale (tiles, blocks, 64) float32,
+    zero (tiles, blocks, 64) int8 or None; outputs past `n_out` (padding of the last tile)
+    have scale 0.
+
+    ``q[t, i, l]`` is the code of input $i$ for output $64t + l$; a block is `in / blocks`
+    consecutive inputs (all of them for int8 per channel, 32 for Q8_0)."""
 
     q: np.ndarray
     scale: np.ndarray
-
-
-@dataclass(frozen=True, eq=False)
-class RowsGroup:
-    """IntPerGroup transposed: q (out, in) int8, scale (out, groups) float32, zero (out, groups) int8."""
-
-    q: np.ndarray
-    scale: np.ndarray
-    zero: np.ndarray
-
-
-@dataclass(frozen=True, eq=False)
-class RowsQ8_0:
-    """Q8_0 transposed: qs (out, in) int8, d (out, in/32) float32."""
-
-    qs: np.ndarray
-    d: np.ndarray
+    zero: np.ndarray | None
+    n_out: int
 
 
 @dataclass(frozen=True, eq=False)
 class TilesQ4_0:
-    """Q4_0 in tiles of `Q4_LANES` outputs (see `matmul_q4_0`): words (tiles, in/8, 64) uint32,
+    """Q4_0 in tiles of `LANES` outputs (see `matmul_q4_0`): words (tiles, in/8, 64) uint32,
     d (tiles, in/32, 64) float32; outputs past `n_out` (padding of the last tile) have d = 0.
 
     Nibble $k$ of ``words[t, c, l]`` is the code of input $8c + k$ for output $64t + l$."""
@@ -166,21 +161,21 @@ class RowsTied:
     head: Any
 
 
-ROW_FORMS = (RowsInt8, RowsGroup, RowsQ8_0, TilesQ4_0, RowsNM, RowsDense, RowsLowRank)
+ROW_FORMS = (TilesInt, TilesQ4_0, RowsNM, RowsDense, RowsLowRank)
 
 
 def rows_form(w: Any) -> Any:
     """A weight kind in the form this backend's kernels take (a one-time copy, cached per kind).
 
-    Every kind becomes output-major (`ROW_FORMS`): the codes of output $o$ are one contiguous
-    row, still int8 / packed nibbles; scales are widened to float32 (Numba has no float16)."""
+    Integer kinds become tiles of 64 outputs (`TilesInt`, `TilesQ4_0`), the others output-major
+    rows: the values of output $o$ are one contiguous row. Codes stay int8 / packed nibbles;
+    scales are widened to float32 (Numba has no float16)."""
     if isinstance(w, K.Int8PerChannel):
-        return RowsInt8(_t(w.q), _f32(w.scale))
+        return int_tiles(w.q, w.scale[None, :], None)  # one block: all inputs
     if isinstance(w, K.IntPerGroup):
-        zero = np.zeros(w.scale.shape, np.int8) if w.zero_point is None else w.zero_point
-        return RowsGroup(_t(w.q), _t(w.scale.astype(np.float32)), _t(zero))
+        return int_tiles(w.q, w.scale, w.zero_point)
     if isinstance(w, K.Q8_0):
-        return RowsQ8_0(_t(w.qs), _t(w.d.astype(np.float32)))
+        return int_tiles(w.qs, w.d, None)
     if isinstance(w, K.Q4_0):
         return q4_0_tiles(w)
     if isinstance(w, K.NMSparse):
@@ -198,12 +193,13 @@ def _rows_shape(w: Any) -> tuple[int, int]:
     """(out, in) of an output-major form."""
     if isinstance(w, TilesQ4_0):
         return w.n_out, 8 * w.words.shape[1]
+    if isinstance(w, TilesInt):
+        return w.n_out, w.q.shape[1]
     if isinstance(w, RowsNM):
         return w.values.shape[0], w.values.shape[1] * w.m // w.n
     if isinstance(w, RowsLowRank):
         return w.b.shape[0], w.a.shape[1]
-    first = w.q if isinstance(w, (RowsInt8, RowsGroup)) else w.qs if isinstance(w, RowsQ8_0) else w.w
-    return first.shape
+    return w.w.shape
 
 
 def _t(a: np.ndarray) -> np.ndarray:
@@ -212,32 +208,50 @@ def _t(a: np.ndarray) -> np.ndarray:
 
 def _dequantize_rows(w: Any, o0: int, out: np.ndarray) -> None:
     """Rows o0 .. o0 + len(out) of a quantized rows form, as float32, into `out`."""
-    if isinstance(w, RowsInt8):
-        dequant_rows(w.q, w.scale, o0, out)
-    elif isinstance(w, RowsGroup):
-        dequant_group(w.q, w.scale, w.zero, o0, out)
-    elif isinstance(w, RowsQ8_0):
-        dequant_q8_0(w.qs, w.d, o0, out)
+    if isinstance(w, TilesInt):
+        dequant_tiles(w.q, w.scale, *_zero_args(w), o0, out)
     elif isinstance(w, TilesQ4_0):
         dequant_q4_0(w.words, w.d, o0, out)
     else:
         dequant_nm(w.values, w.indices, w.n, w.m, o0, out)
 
 
+def tiled(a: np.ndarray, n_tiles: int) -> np.ndarray:
+    """(rows, out) -> (tiles, rows, LANES): output $64t + l$ of row $i$ at [t, i, l]; the last
+    tile padded with zeros."""
+    pad = n_tiles * LANES - a.shape[1]
+    a = np.pad(a, ((0, 0), (0, pad)))
+    return np.ascontiguousarray(a.reshape(a.shape[0], n_tiles, LANES).transpose(1, 0, 2))
+
+
+def int_tiles(q: np.ndarray, scale: np.ndarray, zero: np.ndarray | None) -> TilesInt:
+    """q (in, out) int8 codes, scale and zero (blocks, out), as `TilesInt` (codes unchanged)."""
+    n_tiles = -(-q.shape[1] // LANES)
+    return TilesInt(tiled(q, n_tiles), tiled(scale.astype(np.float32), n_tiles),
+                    None if zero is None else tiled(zero, n_tiles), q.shape[1])  # fmt: skip
+
+
+# A placeholder for kinds without zero points, typed like the real argument (C-contiguous), so
+# `dequant_tiles` compiles once for both.
+_NO_ZERO = (np.zeros((1, 1, 1), np.int8), False)
+
+
+def _zero_args(w: TilesInt) -> tuple[np.ndarray, bool]:
+    return _NO_ZERO if w.zero is None else (w.zero, True)
+
+
 def q4_0_tiles(w: K.Q4_0) -> TilesQ4_0:
     """Regroup Q4_0's nibbles into the tiles `matmul_q4_0` reads (codes and scales unchanged)."""
     n_in, n_out = w.shape
-    n_tiles = -(-n_out // Q4_LANES)
-    pad = n_tiles * Q4_LANES - n_out
+    n_tiles = -(-n_out // LANES)
+    pad = n_tiles * LANES - n_out
     blocks = w.packed.reshape(n_in // 32, 16, n_out)  # byte j of a block: inputs j (low), j + 16 (high)
     codes = np.concatenate([blocks & 15, blocks >> 4], axis=1).reshape(n_in, n_out)  # (in, out)
-    words = np.zeros((n_tiles, n_in // 8, Q4_LANES), np.uint32)
+    words = np.zeros((n_tiles, n_in // 8, LANES), np.uint32)
     for k in range(8):  # the codes of inputs 8c + k, for every c, go to nibble k
         nib = np.pad(codes[k::8], ((0, 0), (0, pad))).astype(np.uint32) << np.uint32(4 * k)
-        words |= nib.reshape(n_in // 8, n_tiles, Q4_LANES).transpose(1, 0, 2)
-    d = np.pad(w.d.astype(np.float32), ((0, 0), (0, pad)))  # padding outputs: scale 0
-    d = np.ascontiguousarray(d.reshape(n_in // 32, n_tiles, Q4_LANES).transpose(1, 0, 2))
-    return TilesQ4_0(words, d, n_out)
+        words |= nib.reshape(n_in // 8, n_tiles, LANES).transpose(1, 0, 2)
+    return TilesQ4_0(words, tiled(w.d.astype(np.float32), n_tiles), n_out)  # padding outputs: scale 0
 
 
 def _f32(a: Any) -> np.ndarray:
@@ -246,19 +260,17 @@ def _f32(a: Any) -> np.ndarray:
 
 # ------------------------------------------------------------------------------------------
 # Fused dequantize-and-multiply: y = x W + b for x (N, in), W stored as codes, never as float32.
-# One parallel task per output column o; the inner loops are dot products over contiguous rows.
 @njit(**JIT)
-def matmul_rows(x, w, scale, bias, y):  # pragma: no cover - compiled
-    """Dense or Int8PerChannel: $y_o = s_o \\sum_i x_i w_{oi} + b_o$ ($s = 1$ for float32 weights).
-
-    Compiled once per dtype of `w`: for int8 codes the conversion to float32 happens in registers."""
+def matmul_rows(x, w, bias, y):  # pragma: no cover - compiled
+    """Dense float32 rows (out, in): $y_o = \\sum_i x_i w_{oi} + b_o$, one task per output: a dot
+    product over a contiguous row."""
     N, n_in = x.shape
     for o in prange(w.shape[0]):
         for r in range(N):
             acc = np.float32(0.0)
             for i in range(n_in):
-                acc += x[r, i] * np.float32(w[o, i])
-            y[r, o] = acc * scale[o] + bias[o]
+                acc += x[r, i] * w[o, i]
+            y[r, o] = acc + bias[o]
 
 
 @njit(**JIT)
@@ -281,43 +293,66 @@ def matmul_in_out(x, w, bias, y):  # pragma: no cover - compiled
             y[r, o] = partial[0, r, o] + partial[1, r, o] + bias[o]
 
 
-@njit(**JIT)
-def matmul_group(x, xsum, q, scale, zero, bias, y):  # pragma: no cover - compiled
-    """IntPerGroup: $y_o = \\sum_g s_{og}(\\sum_{i\\in g} x_i q_{oi} - z_{og} \\sum_{i \\in g} x_i) + b_o$.
+@njit(inline="always", fastmath=True)
+def _block_sums(x, r, q, t, base, g, blk):  # pragma: no cover - compiled
+    """blk[l] = $\\sum_{i=\\text{base}}^{\\text{base}+g-1} x_{ri}\\, q_{t,i,l}$: one block's sums for the
+    64 outputs of tile t. For each input, one broadcast $x_i$ and 64 consecutive codes: per
+    16 outputs a load that widens 16 codes, one conversion and one multiply-add, no reduction
+    across SIMD lanes.
 
-    Written as $\\sum_j \\ell_j - \\sum_g s_{og} z_{og} \\sum_{i\\in g} x_i$ with one running sum
-    $\\ell_j$ per position $j$ inside a group: the inner loop then has no per-group reduction,
-    and the compiler turns it into SIMD multiply-adds on the raw codes."""
+    `base` is unsigned: Numba wraps negative indices (x[-1] is the last element), and an index
+    it cannot prove non-negative costs a compare-and-add at every access."""
+    for l in range(LANES):
+        blk[l] = 0.0
+    for j in range(g):
+        i = base + np.uint64(j)
+        xi = x[r, i]
+        for l in range(LANES):
+            blk[l] += xi * np.float32(q[t, i, l])
+
+
+@njit(**JIT)
+def matmul_tiles(x, q, scale, bias, y):  # pragma: no cover - compiled
+    """Int8 codes in tiles (`TilesInt`): $y_o = \\sum_k s_{ko} \\sum_{i \\in k} x_i q_{io} + b_o$.
+
+    One task per tile of 64 outputs; each block's sums (`_block_sums`) are scaled once, at its
+    end: every 32 inputs for Q8_0, once for int8 per channel."""
     N, n_in = x.shape
-    n_groups = scale.shape[1]
-    g = n_in // n_groups
-    for o in prange(q.shape[0]):
+    n_tiles, n_blocks = scale.shape[0], scale.shape[1]
+    g = n_in // n_blocks
+    n_out = y.shape[1]
+    for t in prange(n_tiles):
         for r in range(N):
-            lanes = np.zeros(g, np.float32)
-            shift = np.float32(0.0)
-            for gi in range(n_groups):
-                s = scale[o, gi]
-                shift += s * np.float32(zero[o, gi]) * xsum[r, gi]
-                base = gi * g
-                for j in range(g):
-                    lanes[j] += (s * x[r, base + j]) * np.float32(q[o, base + j])
-            y[r, o] = lanes.sum() - shift + bias[o]
+            out = np.zeros(LANES, np.float32)
+            blk = np.empty(LANES, np.float32)
+            for kb in range(n_blocks):
+                _block_sums(x, r, q, t, np.uint64(kb * g), g, blk)
+                for l in range(LANES):
+                    out[l] += scale[t, kb, l] * blk[l]
+            for l in range(min(LANES, n_out - LANES * t)):
+                y[r, LANES * t + l] = out[l] + bias[LANES * t + l]
 
 
 @njit(**JIT)
-def matmul_q8_0(x, qs, d, bias, y):  # pragma: no cover - compiled
-    """Q8_0: $y_o = \\sum_{\\text{block } k} d_{ok} \\sum_{i \\in k} x_i q_{oi} + b_o$ (32 running sums, as above)."""
-    N = x.shape[0]
-    n_blocks = d.shape[1]
-    for o in prange(qs.shape[0]):
+def matmul_tiles_zero(x, xsum, q, scale, zero, bias, y):  # pragma: no cover - compiled
+    """`matmul_tiles` with zero points: $y_o = \\sum_k s_{ko}\\big(\\sum_{i \\in k} x_i q_{io} - z_{ko}
+    \\sum_{i \\in k} x_i\\big) + b_o$, `xsum` holding the block sums of x. (A separate kernel: one
+    kernel with a run-time switch between the two ran 5-10 % slower here.)"""
+    N, n_in = x.shape
+    n_tiles, n_blocks = scale.shape[0], scale.shape[1]
+    g = n_in // n_blocks
+    n_out = y.shape[1]
+    for t in prange(n_tiles):
         for r in range(N):
-            lanes = np.zeros(32, np.float32)
+            out = np.zeros(LANES, np.float32)
+            blk = np.empty(LANES, np.float32)
             for kb in range(n_blocks):
-                dk = d[o, kb]
-                base = kb * 32
-                for j in range(32):
-                    lanes[j] += (dk * x[r, base + j]) * np.float32(qs[o, base + j])
-            y[r, o] = lanes.sum() + bias[o]
+                _block_sums(x, r, q, t, np.uint64(kb * g), g, blk)
+                zx = xsum[r, kb]
+                for l in range(LANES):
+                    out[l] += scale[t, kb, l] * (blk[l] - np.float32(zero[t, kb, l]) * zx)
+            for l in range(min(LANES, n_out - LANES * t)):
+                y[r, LANES * t + l] = out[l] + bias[LANES * t + l]
 
 
 @njit(**JIT_ORDERED)
@@ -345,8 +380,8 @@ def matmul_q4_0(x, words, d, bias, y):  # pragma: no cover - compiled
     m4, m5, m6, m7 = np.uint32(0xF0000), np.uint32(0xF00000), np.uint32(0xF000000), np.uint32(0xF0000000)
     for t in prange(n_tiles):
         for r in range(N):
-            out = np.zeros(Q4_LANES, np.float32)
-            blk = np.empty(Q4_LANES, np.float32)
+            out = np.zeros(LANES, np.float32)
+            blk = np.empty(LANES, np.float32)
             for kb in range(n_blocks):
                 z = np.float32(-8.0) * xsum[r, kb]
                 for c in range(4 * kb, 4 * kb + 4):  # 8 inputs per step
@@ -354,17 +389,17 @@ def matmul_q4_0(x, words, d, bias, y):  # pragma: no cover - compiled
                     x0, x1, x2, x3 = xs[r, i], xs[r, i + 1], xs[r, i + 2], xs[r, i + 3]
                     x4, x5, x6, x7 = xs[r, i + 4], xs[r, i + 5], xs[r, i + 6], xs[r, i + 7]
                     first = c == 4 * kb  # the block's sum starts here (no separate zeroing pass)
-                    for l in range(Q4_LANES):
+                    for l in range(LANES):
                         w = words[t, c, l]
                         v = ((x0 * np.float32(w & m0) + x1 * np.float32(w & m1))
                              + (x2 * np.float32(w & m2) + x3 * np.float32(w & m3))
                              + (x4 * np.float32(w & m4) + x5 * np.float32(w & m5))
                              + (x6 * np.float32(w & m6) + x7 * np.float32(w & m7)))
                         blk[l] = (z + v) if first else (blk[l] + v)
-                for l in range(Q4_LANES):
+                for l in range(LANES):
                     out[l] += d[t, kb, l] * blk[l]
-            for l in range(min(Q4_LANES, n_out - Q4_LANES * t)):
-                y[r, Q4_LANES * t + l] = out[l] + bias[Q4_LANES * t + l]
+            for l in range(min(LANES, n_out - LANES * t)):
+                y[r, LANES * t + l] = out[l] + bias[LANES * t + l]
 
 
 @njit(**JIT)
@@ -387,33 +422,20 @@ def matmul_nm(x, values, indices, n, m, bias, y):  # pragma: no cover - compiled
 # ------------------------------------------------------------------------------------------
 # Dequantize output rows o0.. into `out` (w, in): the prefill path, followed by BLAS.
 @njit(**JIT)
-def dequant_rows(q, scale, o0, out):  # pragma: no cover - compiled
-    for j in prange(out.shape[0]):
-        for i in range(out.shape[1]):
-            out[j, i] = np.float32(q[o0 + j, i]) * scale[o0 + j]
-
-
-@njit(**JIT)
-def dequant_group(q, scale, zero, o0, out):  # pragma: no cover - compiled
+def dequant_tiles(q, scale, zero, has_zero, o0, out):  # pragma: no cover - compiled
     g = out.shape[1] // scale.shape[1]
     for j in prange(out.shape[0]):
+        t, lane = (o0 + j) // LANES, (o0 + j) % LANES
         for i in range(out.shape[1]):
-            gi = i // g
-            out[j, i] = scale[o0 + j, gi] * (np.float32(q[o0 + j, i]) - np.float32(zero[o0 + j, gi]))
-
-
-@njit(**JIT)
-def dequant_q8_0(qs, d, o0, out):  # pragma: no cover - compiled
-    for j in prange(out.shape[0]):
-        for i in range(out.shape[1]):
-            out[j, i] = d[o0 + j, i // 32] * np.float32(qs[o0 + j, i])
+            z = np.float32(zero[t, i // g, lane]) if has_zero else np.float32(0.0)
+            out[j, i] = scale[t, i // g, lane] * (np.float32(q[t, i, lane]) - z)
 
 
 @njit(**JIT)
 def dequant_q4_0(words, d, o0, out):  # pragma: no cover - compiled
     eight, low = np.float32(8.0), np.uint32(15)
     for j in prange(out.shape[0]):
-        t, lane = (o0 + j) // Q4_LANES, (o0 + j) % Q4_LANES
+        t, lane = (o0 + j) // LANES, (o0 + j) % LANES
         for c in range(words.shape[1]):
             w = words[t, c, lane]
             for k in range(8):
@@ -597,14 +619,12 @@ class NumbaBackend(NumpyBackend):
         if isinstance(w, np.ndarray):  # row-major (in, out), e.g. built by hand: read in place
             matmul_in_out(x, _f32(w), bias, y)
         elif isinstance(w, RowsDense):
-            matmul_rows(x, w.w, np.ones(n_out, np.float32), bias, y)
-        elif isinstance(w, RowsInt8):
-            matmul_rows(x, w.q, w.scale, bias, y)
-        elif isinstance(w, RowsGroup):
-            xsum = x.reshape(N, w.scale.shape[1], -1).sum(-1)  # (N, groups): sum of x per group
-            matmul_group(x, xsum, w.q, w.scale, w.zero, bias, y)
-        elif isinstance(w, RowsQ8_0):
-            matmul_q8_0(x, w.qs, w.d, bias, y)
+            matmul_rows(x, w.w, bias, y)
+        elif isinstance(w, TilesInt) and w.zero is None:
+            matmul_tiles(x, w.q, w.scale, bias, y)
+        elif isinstance(w, TilesInt):
+            xsum = x.reshape(N, w.scale.shape[1], -1).sum(-1)  # (N, blocks): the sum of x per block
+            matmul_tiles_zero(x, xsum, w.q, w.scale, w.zero, bias, y)
         elif isinstance(w, TilesQ4_0):
             matmul_q4_0(x, w.words, w.d, bias, y)
         else:
