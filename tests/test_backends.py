@@ -455,12 +455,13 @@ def test_numba_uses_a_cheap_to_start_thread_pool():
 
 
 @pytest.mark.parametrize("method", ["q4_0", "q8_0", "int4-g32"])
-@pytest.mark.parametrize("shape", [(32, 1), (96, 64), (128, 130)])
+@pytest.mark.parametrize("shape", [(32, 1), (96, 64), (128, 130), (64, 600)])
 def test_numba_tiles_hold_the_same_codes(shape, method):
     """The tile layouts (`TilesQ4_0`: nibble k of word [t, c, l] = code of input 8c + k, output
     64t + l; `TilesInt`: q[t, i, l] = code of input i, output 64t + l) keep every code, scale and
-    zero point: dequantizing them row by row gives the kind's own dequantization, and a product
-    over a partial last tile (padding outputs) is right."""
+    zero point: dequantizing them row by row gives the kind's own dequantization, and products
+    over a partial last tile (padding outputs) are right, fused (2 rows) and through BLAS on
+    dequantized columns (40 rows; 600 outputs take two chunks of `TILE`)."""
     get_backend("numba")
     from minillm.backends import numba_ as nb_mod
 
@@ -479,11 +480,15 @@ def test_numba_tiles_hold_the_same_codes(shape, method):
     last = np.empty((1, shape[0]), np.float32)  # one row, as the embedding lookup reads it
     nb_mod._dequantize_rows(tiles, shape[1] - 1, last)
     np.testing.assert_array_equal(last[0], kind.dequantize()[:, -1])
-    x = RNG.standard_normal((2, shape[0])).astype(np.float32)
-    got = nb_mod.NumbaBackend().linear(x, tiles, None)
-    exact = x.astype(np.float64) @ kind.dequantize().astype(np.float64)
-    M, n = magnitude(kind)
-    assert np.all(np.abs(got - exact) <= (n + 4) * EPS32 * (np.abs(x) @ M) + 1e-30)
+    cols = np.empty((shape[0], 64 * n_tiles), np.float32)
+    nb_mod._dequantize_cols(tiles, 0, cols)
+    np.testing.assert_array_equal(cols[:, : shape[1]], kind.dequantize())
+    for n_rows in (2, 40):
+        x = RNG.standard_normal((n_rows, shape[0])).astype(np.float32)
+        got = nb_mod.NumbaBackend().linear(x, tiles, None)
+        exact = x.astype(np.float64) @ kind.dequantize().astype(np.float64)
+        M, n = magnitude(kind)
+        assert np.all(np.abs(got - exact) <= (n + 4) * EPS32 * (np.abs(x) @ M) + 1e-30)
 
 
 def test_numba_compile_covers_what_decoding_runs():

@@ -216,6 +216,14 @@ def _dequantize_rows(w: Any, o0: int, out: np.ndarray) -> None:
         dequant_nm(w.values, w.indices, w.n, w.m, o0, out)
 
 
+def _dequantize_cols(w: Any, t0: int, out: np.ndarray) -> None:
+    """Tiles t0, t0 + 1, ... of a tiled form, as float32 columns into `out` (in, 64 per tile)."""
+    if isinstance(w, TilesInt):
+        dequant_tiles_cols(w.q, w.scale, *_zero_args(w), t0, out)
+    else:
+        dequant_q4_0_cols(w.words, w.d, t0, out)
+
+
 def tiled(a: np.ndarray, n_tiles: int) -> np.ndarray:
     """(rows, out) -> (tiles, rows, LANES): output $64t + l$ of row $i$ at [t, i, l]; the last
     tile padded with zeros."""
@@ -420,21 +428,56 @@ def matmul_nm(x, values, indices, n, m, bias, y):  # pragma: no cover - compiled
 
 
 # ------------------------------------------------------------------------------------------
-# Dequantize output rows o0.. into `out` (w, in): the prefill path, followed by BLAS.
-@njit(**JIT)
+# Dequantize into float32 for BLAS (the prefill path): tiles as columns (in, 64 per tile),
+# N:M as output rows o0.. (w, in); single rows of a tile also serve the embedding lookup.
+# Serial on purpose: these run between BLAS calls, and OpenBLAS's threads keep spinning for a
+# while after each call. A parallel loop then waits for the thread that shares its core with
+# one of them (the 48 dequantizations of a 128-token GPT-2 prefill took 90-170 ms in parallel,
+# 30 ms serial); one thread, the caller's, never waits.
+SERIAL = dict(fastmath=True, cache=True)
+
+
+@njit(**SERIAL)
 def dequant_tiles(q, scale, zero, has_zero, o0, out):  # pragma: no cover - compiled
     g = out.shape[1] // scale.shape[1]
-    for j in prange(out.shape[0]):
+    for j in range(out.shape[0]):
         t, lane = (o0 + j) // LANES, (o0 + j) % LANES
         for i in range(out.shape[1]):
             z = np.float32(zero[t, i // g, lane]) if has_zero else np.float32(0.0)
             out[j, i] = scale[t, i // g, lane] * (np.float32(q[t, i, lane]) - z)
 
 
-@njit(**JIT)
+@njit(**SERIAL)
+def dequant_tiles_cols(q, scale, zero, has_zero, t0, out):  # pragma: no cover - compiled
+    g = q.shape[1] // scale.shape[1]
+    for tt in range(out.shape[1] // LANES):
+        t, c0 = t0 + tt, LANES * tt
+        for i in range(q.shape[1]):
+            kb = i // g
+            if has_zero:
+                for l in range(LANES):
+                    out[i, c0 + l] = scale[t, kb, l] * (np.float32(q[t, i, l]) - np.float32(zero[t, kb, l]))
+            else:
+                for l in range(LANES):
+                    out[i, c0 + l] = scale[t, kb, l] * np.float32(q[t, i, l])
+
+
+@njit(**SERIAL)
+def dequant_q4_0_cols(words, d, t0, out):  # pragma: no cover - compiled
+    eight, low = np.float32(8.0), np.uint32(15)
+    for tt in range(out.shape[1] // LANES):
+        t, c0 = t0 + tt, LANES * tt
+        for c in range(words.shape[1]):
+            for k in range(8):
+                for l in range(LANES):
+                    code = (words[t, c, l] >> np.uint32(4 * k)) & low
+                    out[8 * c + k, c0 + l] = d[t, c // 4, l] * (np.float32(code) - eight)
+
+
+@njit(**SERIAL)
 def dequant_q4_0(words, d, o0, out):  # pragma: no cover - compiled
     eight, low = np.float32(8.0), np.uint32(15)
-    for j in prange(out.shape[0]):
+    for j in range(out.shape[0]):
         t, lane = (o0 + j) // LANES, (o0 + j) % LANES
         for c in range(words.shape[1]):
             w = words[t, c, lane]
@@ -443,9 +486,9 @@ def dequant_q4_0(words, d, o0, out):  # pragma: no cover - compiled
                 out[j, 8 * c + k] = d[t, c // 4, lane] * (np.float32(code) - eight)
 
 
-@njit(**JIT)
+@njit(**SERIAL)
 def dequant_nm(values, indices, n, m, o0, out):  # pragma: no cover - compiled
-    for j in prange(out.shape[0]):
+    for j in range(out.shape[0]):
         for i in range(out.shape[1]):
             out[j, i] = 0.0
         for k in range(values.shape[1]):
@@ -632,16 +675,25 @@ class NumbaBackend(NumpyBackend):
         return y
 
     def _tiled_blas(self, x: np.ndarray, w: Any, bias: np.ndarray) -> np.ndarray:
-        """Prefill: dequantize TILE output rows at a time into one buffer, multiply with BLAS."""
+        """Prefill: dequantize TILE outputs at a time into one buffer, multiply with BLAS.
+
+        A tiled form is dequantized as columns, (in, outputs): its codes for one input and 64
+        outputs are contiguous, so both the reads and the writes stream."""
         if isinstance(w, RowsDense):
             return x @ w.w.T + bias
         n_out, n_in = _rows_shape(w)
         y = np.empty((x.shape[0], n_out), np.float32)
-        buf = np.empty((min(TILE, n_out), n_in), np.float32)
+        buf = np.empty(n_in * min(TILE, LANES * -(-n_out // LANES)), np.float32)
         for o0 in range(0, n_out, TILE):
-            tile = buf[: min(TILE, n_out - o0)]  # (w, in)
-            _dequantize_rows(w, o0, tile)
-            np.matmul(x, tile.T, out=y[:, o0 : o0 + tile.shape[0]])
+            n = min(TILE, n_out - o0)
+            if isinstance(w, (TilesInt, TilesQ4_0)):  # whole tiles, o0 is a multiple of LANES
+                cols = buf[: n_in * LANES * -(-n // LANES)].reshape(n_in, -1)  # (in, tiles * 64)
+                _dequantize_cols(w, o0 // LANES, cols)
+                np.matmul(x, cols[:, :n], out=y[:, o0 : o0 + n])
+            else:
+                rows = buf[: n * n_in].reshape(n, n_in)  # (n, in)
+                _dequantize_rows(w, o0, rows)
+                np.matmul(x, rows.T, out=y[:, o0 : o0 + n])
         y += bias
         return y
 
@@ -718,6 +770,8 @@ class NumbaBackend(NumpyBackend):
         for kind in ws:
             for rows in (1, self.prefill_rows):  # the fused and the tiled BLAS path
                 self.linear(w[:rows], kind, w[0])
+            if isinstance(kind, K.HEAD_KINDS):  # a quantized tied embedding's lookup
+                self.embed(K.TiedEmbedding(kind), np.zeros((1, 2), np.int64))
         for rows in (1, 2):  # one row (decode: serial kernel) and several (parallel)
             self.layer_norm(w[:rows], w[0], w[1], 1e-5)
         self.gelu(w)
