@@ -93,8 +93,9 @@ def magnitude(w) -> tuple[np.ndarray, int]:
     return dense, w.shape[0]
 
 
-# Rows: 1 (decode), 5 (a short prefill), 40 (Numba switches to dequantized tiles + BLAS).
-@pytest.mark.parametrize("rows", [1, 5, 40])
+# Rows: 1 (decode), 5 (a short prefill), 40 and 300 (Numba switches to dequantize + BLAS: at 32
+# rows for dense weights, 4 for 2:4, 256 for the tiled integer kinds).
+@pytest.mark.parametrize("rows", [1, 5, 40, 300])
 @pytest.mark.parametrize("kind", list(KINDS))
 def test_linear_every_weight_kind(be, kind, rows):
     w = KINDS[kind](W_DENSE)
@@ -461,7 +462,7 @@ def test_numba_tiles_hold_the_same_codes(shape, method):
     64t + l; `TilesInt`: q[t, i, l] = code of input i, output 64t + l) keep every code, scale and
     zero point: dequantizing them row by row gives the kind's own dequantization, and products
     over a partial last tile (padding outputs) are right, fused (2 rows) and through BLAS on
-    dequantized columns (40 rows; 600 outputs take two chunks of `TILE`)."""
+    dequantized columns (300 rows; 600 outputs take two chunks of `TILE`)."""
     get_backend("numba")
     from minillm.backends import numba_ as nb_mod
 
@@ -483,7 +484,8 @@ def test_numba_tiles_hold_the_same_codes(shape, method):
     cols = np.empty((shape[0], 64 * n_tiles), np.float32)
     nb_mod._dequantize_cols(tiles, 0, cols)
     np.testing.assert_array_equal(cols[:, : shape[1]], kind.dequantize())
-    for n_rows in (2, 40):
+    assert 2 < nb_mod.NumbaBackend()._blas_rows(tiles) <= 300  # both paths below are exercised
+    for n_rows in (2, 300):
         x = RNG.standard_normal((n_rows, shape[0])).astype(np.float32)
         got = nb_mod.NumbaBackend().linear(x, tiles, None)
         exact = x.astype(np.float64) @ kind.dequantize().astype(np.float64)

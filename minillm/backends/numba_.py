@@ -603,14 +603,17 @@ def attention_cache(q, k, v, S, y):  # pragma: no cover - compiled
 class NumbaBackend(NumpyBackend):
     """Numba-compiled CPU kernels: every product (dense, quantized, sparse) and every row kernel.
 
-    `prefill_rows`: products with at least this many rows (prefill) dequantize tiles of the
-    weight and call BLAS instead — there the work is compute-bound and BLAS is faster. (Measured
-    on a 768 x 3072 weight here: the fused kernels cost about 0.07 ms per row, tile + BLAS about
-    2 ms at any small row count; the N:M kernel's gathers are slower, so it switches at 4 rows.)
+    Products with many rows (prefill) are compute-bound: from `prefill_rows` rows on, a weight is
+    dequantized, 512 outputs at a time, and multiplied by BLAS. The threshold depends on how good
+    the fused kernel is at many rows: 32 for dense float32 (one dot product per output),
+    `prefill_rows_tiles` = 256 for the tiled integer kinds, whose kernels reuse each code for
+    every row from the caches and beat dequantize + BLAS up to about 256-512 rows here,
+    `prefill_rows_nm` = 4 for N:M, whose gathers are slow.
     """
 
     name = "numba"
     prefill_rows = 32
+    prefill_rows_tiles = 256
     prefill_rows_nm = 4
 
     def __init__(self) -> None:
@@ -656,7 +659,7 @@ class NumbaBackend(NumpyBackend):
         bias = np.zeros(n_out, np.float32) if b is None else _f32(b)
         if isinstance(w, RowsLowRank):  # (xA)B: two dense products
             return self.linear(self.linear(x, RowsDense(w.a), None), RowsDense(w.b), bias)
-        if N >= (self.prefill_rows_nm if isinstance(w, RowsNM) else self.prefill_rows):
+        if N >= self._blas_rows(w):
             return self._tiled_blas(x, w, bias)
         y = np.empty((N, n_out), np.float32)
         if isinstance(w, np.ndarray):  # row-major (in, out), e.g. built by hand: read in place
@@ -673,6 +676,12 @@ class NumbaBackend(NumpyBackend):
         else:
             matmul_nm(x, w.values, w.indices, w.n, w.m, bias, y)
         return y
+
+    def _blas_rows(self, w: Any) -> int:
+        """From how many rows `linear` multiplies this kernel form with BLAS."""
+        if isinstance(w, RowsNM):
+            return self.prefill_rows_nm
+        return self.prefill_rows_tiles if isinstance(w, (TilesInt, TilesQ4_0)) else self.prefill_rows
 
     def _tiled_blas(self, x: np.ndarray, w: Any, bias: np.ndarray) -> np.ndarray:
         """Prefill: dequantize TILE outputs at a time into one buffer, multiply with BLAS.
@@ -767,9 +776,11 @@ class NumbaBackend(NumpyBackend):
               K.Q4_0(rng.integers(0, 256, (32, 64)).astype(np.uint8), np.ones((2, 64), np.float16)),
               K.NMSparse(w[:32], np.tile(np.array([0, 1], np.uint8), 16)[:, None].repeat(64, 1)),
               w, np.asfortranarray(w)]  # dense: row-major and output-major  # fmt: skip
+        x = rng.standard_normal((max(self.prefill_rows, self.prefill_rows_tiles), 64)).astype(np.float32)
         for kind in ws:
-            for rows in (1, self.prefill_rows):  # the fused and the tiled BLAS path
-                self.linear(w[:rows], kind, w[0])
+            blas_rows = self._blas_rows(self.kernel_weight(kind))
+            for rows in (1, blas_rows):  # the fused and the BLAS path
+                self.linear(x[:rows], kind, w[0])
             if isinstance(kind, K.HEAD_KINDS):  # a quantized tied embedding's lookup
                 self.embed(K.TiedEmbedding(kind), np.zeros((1, 2), np.int64))
         for rows in (1, 2):  # one row (decode: serial kernel) and several (parallel)
