@@ -99,8 +99,9 @@ JIT_ORDERED = dict(JIT, fastmath={"contract", "nsz", "arcp"})
 
 
 # ------------------------------------------------------------------------------------------
-# Output-major kernel forms: the codes of output column o are one contiguous row, so the dot
-# product that produces y_o streams through memory in order (llama.cpp stores weights so too).
+# Kernel forms. Integer kinds: tiles of 64 outputs, the codes of one input for the tile's 64
+# outputs side by side (SIMD across outputs). The others: output-major rows, the values of
+# output o one contiguous row, so the dot product that produces y_o streams in order.
 @dataclass(frozen=True, eq=False)
 class TilesInt:
     """Int8 codes with a scale per block of inputs (Int8PerChannel, Q8_0, IntPerGroup) in tiles
@@ -190,7 +191,7 @@ def rows_form(w: Any) -> Any:
 
 
 def _rows_shape(w: Any) -> tuple[int, int]:
-    """(out, in) of an output-major form."""
+    """(out, in) of a kernel form."""
     if isinstance(w, TilesQ4_0):
         return w.n_out, 8 * w.words.shape[1]
     if isinstance(w, TilesInt):
@@ -207,7 +208,7 @@ def _t(a: np.ndarray) -> np.ndarray:
 
 
 def _dequantize_rows(w: Any, o0: int, out: np.ndarray) -> None:
-    """Rows o0 .. o0 + len(out) of a quantized rows form, as float32, into `out`."""
+    """Outputs o0 .. o0 + len(out) of a quantized kernel form, as float32 rows (in,) into `out`."""
     if isinstance(w, TilesInt):
         dequant_tiles(w.q, w.scale, *_zero_args(w), o0, out)
     elif isinstance(w, TilesQ4_0):
