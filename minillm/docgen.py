@@ -124,6 +124,8 @@ def _gb_list(result: dict[str, Any]) -> str:
 
 def render_bench(result: dict[str, Any]) -> str:
     """The measured speed table of docs/backends.md, with every target met or missed."""
+    from .bench import SETTLE_S
+
     m, th = result["machine"], result.get("threads", {})
     out = [f"Measured on {m['cpu']} ({m['cores']} cores), {m['date']}; Python {m['python']}, NumPy {m['numpy']}; "
            f"Numba thread pool `{th.get('numba_layer', '?')}` with {th.get('numba_threads', '?')} threads. "
@@ -132,7 +134,7 @@ def render_bench(result: dict[str, Any]) -> str:
            f"{result['bandwidth_gb_s']} GB/s (rounds: {_gb_list(result)}) and {result['peak_fp32_gflops']} "
            f"GFLOP/s; each row's bandwidth limit uses its own round's figure. Prompt 16 + 32 new "
            f"tokens, batch 1; each entry ran {result['rounds']} times, interleaved with the others (best of 3 "
-           f"runs each time, after 0.3 s idle): the median, and the range. \"Its products alone\": the "
+           f"runs each time, after {SETTLE_S:g} s idle): the median, and the range. \"Its products alone\": the "
            f"step's 48 block products and LM head timed by themselves (`bench_products`: 31 back to back, "
            f"best of 3 runs each round, as the steps), as a fraction of the same limit — the kernels' "
            f"share of the distance; the rest of the step (layer norms, attention, GELU, the code between) "

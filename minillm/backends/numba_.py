@@ -225,6 +225,11 @@ def _dequantize_cols(w: Any, t0: int, out: np.ndarray) -> None:
         dequant_q4_0_cols(w.words, w.d, t0, out)
 
 
+def n_tiles_for(n_out: int) -> int:
+    """Tiles of `LANES` outputs that hold `n_out` outputs (the last one possibly padded)."""
+    return -(-n_out // LANES)
+
+
 def tiled(a: np.ndarray, n_tiles: int) -> np.ndarray:
     """(rows, out) -> (tiles, rows, LANES): output $64t + l$ of row $i$ at [t, i, l]; the last
     tile padded with zeros."""
@@ -235,7 +240,7 @@ def tiled(a: np.ndarray, n_tiles: int) -> np.ndarray:
 
 def int_tiles(q: np.ndarray, scale: np.ndarray, zero: np.ndarray | None) -> TilesInt:
     """q (in, out) int8 codes, scale and zero (blocks, out), as `TilesInt` (codes unchanged)."""
-    n_tiles = -(-q.shape[1] // LANES)
+    n_tiles = n_tiles_for(q.shape[1])
     return TilesInt(tiled(q, n_tiles), tiled(scale.astype(np.float32), n_tiles),
                     None if zero is None else tiled(zero, n_tiles), q.shape[1])  # fmt: skip
 
@@ -252,7 +257,7 @@ def _zero_args(w: TilesInt) -> tuple[np.ndarray, bool]:
 def q4_0_tiles(w: K.Q4_0) -> TilesQ4_0:
     """Regroup Q4_0's nibbles into the tiles `matmul_q4_0` reads (codes and scales unchanged)."""
     n_in, n_out = w.shape
-    n_tiles = -(-n_out // LANES)
+    n_tiles = n_tiles_for(n_out)
     pad = n_tiles * LANES - n_out
     blocks = w.packed.reshape(n_in // 32, 16, n_out)  # byte j of a block: inputs j (low), j + 16 (high)
     codes = np.concatenate([blocks & 15, blocks >> 4], axis=1).reshape(n_in, n_out)  # (in, out)
@@ -693,11 +698,11 @@ class NumbaBackend(NumpyBackend):
             return x @ w.w.T + bias
         n_out, n_in = _rows_shape(w)
         y = np.empty((x.shape[0], n_out), np.float32)
-        buf = np.empty(n_in * min(TILE, LANES * -(-n_out // LANES)), np.float32)
+        buf = np.empty(n_in * min(TILE, LANES * n_tiles_for(n_out)), np.float32)
         for o0 in range(0, n_out, TILE):
             n = min(TILE, n_out - o0)
             if isinstance(w, (TilesInt, TilesQ4_0)):  # whole tiles, o0 is a multiple of LANES
-                cols = buf[: n_in * LANES * -(-n // LANES)].reshape(n_in, -1)  # (in, tiles * 64)
+                cols = buf[: n_in * LANES * n_tiles_for(n)].reshape(n_in, -1)  # (in, tiles * 64)
                 _dequantize_cols(w, o0 // LANES, cols)
                 np.matmul(x, cols[:, :n], out=y[:, o0 : o0 + n])
             else:
