@@ -448,6 +448,60 @@ def test_numba_gelu_without_tanh_matches_everywhere():
     np.testing.assert_allclose(got, exact, rtol=2e-6, atol=1e-6)
 
 
+def test_numba_exp_is_as_close_as_its_float32_argument_allows():
+    r"""`exp_in_place` ($2^n$ from bits times a degree-7 Taylor series of $2^f$) against float64
+    exp: the relative error stays under $(|x| + 4)\,2^{-23}$ — $|x|\,2^{-23}$ is what rounding
+    $t = x \log_2 e$ to float32 may cost, the 4 covers the series and its arithmetic (a degree-5
+    series, for one, errs by up to $2.4 \cdot 10^{-6}$ where $|f| = 1/2$, as at $x = 0.35$: far over). Clamped ends: $2^{-126}$ and $2^{60}$."""
+    get_backend("numba")
+    from minillm.backends import numba_ as nb_mod
+
+    x = np.concatenate([np.linspace(-87, 41.5, 200001), [0.0, -1e-30, 1e-30]]).astype(np.float32)
+    got = x.copy()
+    nb_mod.exp_in_place(got, got.size, np.empty(got.size, np.int32))
+    exact = np.exp(x.astype(np.float64))
+    assert np.all(np.abs(got - exact) / exact <= (np.abs(x) + 4) * 2.0**-23)
+    ends = np.array([-88.0, -1e30, 41.6, 1e30], np.float32)
+    nb_mod.exp_in_place(ends, 4, np.empty(4, np.int32))
+    assert ends.tolist() == [2.0**-126, 2.0**-126, 2.0**60, 2.0**60]
+
+
+def test_numba_widens_every_finite_half_exactly():
+    """Tiles keep float16 scales as their bits (2 bytes read per scale, not 4); the kernels widen
+    them with shifts and one multiply by $2^{112}$. Every finite half — zeros, subnormals, the
+    largest — comes out as NumPy's float16 -> float32 conversion, compiled and in Python; inf
+    and nan, which the widening would make finite, are refused by the weight kinds."""
+    get_backend("numba")
+    from numba import njit
+
+    from minillm.backends import numba_ as nb_mod
+
+    halves = np.arange(2**16, dtype=np.uint32).astype(np.uint16)
+    halves = halves[np.isfinite(halves.view(np.float16))]  # 63,488 patterns
+    n_tiles = -(-halves.size // 64)
+    scale = nb_mod.tile_scales(np.pad(halves, (0, 64 * n_tiles - halves.size)).view(np.float16)[None], n_tiles)
+    assert scale.dtype == np.uint16 and scale.shape == (n_tiles, 1, 64)
+
+    @njit
+    def widen_all(scale, out):
+        bits, sc = np.empty(64, np.int32), np.empty(64, np.float32)
+        for t in range(scale.shape[0]):
+            nb_mod.block_scales(scale, t, 0, bits, sc)
+            out[t] = sc
+
+    compiled, python = np.empty((n_tiles, 64), np.float32), np.empty((n_tiles, 64), np.float32)
+    widen_all(scale, compiled)
+    for t in range(n_tiles):
+        nb_mod.block_scales(scale, t, 0, None, python[t])
+    expected = halves.view(np.float16).astype(np.float32)
+    for got in (compiled, python):
+        assert np.array_equal(got.reshape(-1)[: halves.size].view(np.uint32), expected.view(np.uint32))  # -0 too
+    d = np.ones((2, 64), np.float16)
+    d[1, 3] = np.inf
+    with pytest.raises(ValueError, match="finite"):  # what the widening cannot carry never gets there
+        K.Q8_0(np.ones((64, 64), np.int8), d)
+
+
 def test_numba_uses_a_cheap_to_start_thread_pool():
     nb = get_backend("numba")
     nb.gelu(np.ones(8, np.float32))  # start the pool

@@ -74,7 +74,8 @@ if _cache_dir is not None:
         _numba_config.reload_config()
 
 import numba  # noqa: E402  (after the cache directory is chosen)
-from numba import njit, prange  # noqa: E402
+from numba import njit, prange, types  # noqa: E402
+from numba.extending import overload  # noqa: E402
 
 # A decode step runs about a hundred small parallel loops. Numba's OpenMP pool ("omp") starts
 # one in ~3 us because its threads spin for a while after each loop, waiting for the next; the
@@ -105,9 +106,9 @@ JIT_ORDERED = dict(JIT, fastmath={"contract", "nsz", "arcp"})
 @dataclass(frozen=True, eq=False)
 class TilesInt:
     """Int8 codes with a scale per block of inputs (Int8PerChannel, Q8_0, IntPerGroup) in tiles
-    of `LANES` outputs (see `matmul_tiles`): q (tiles, in, 64) int8, scale (tiles, blocks, 64) float32,
-    zero (tiles, blocks, 64) int8 or None; outputs past `n_out` (padding of the last tile)
-    have scale 0.
+    of `LANES` outputs (see `matmul_tiles`): q (tiles, in, 64) int8, scale (tiles, blocks, 64)
+    float32 or, for float16 scales, their bits as uint16 (see `tile_scales`), zero (tiles,
+    blocks, 64) int8 or None; outputs past `n_out` (padding of the last tile) have scale 0.
 
     ``q[t, i, l]`` is the code of input $i$ for output $64t + l$; a block is `in / blocks`
     consecutive inputs (all of them for int8 per channel, 32 for Q8_0)."""
@@ -121,7 +122,8 @@ class TilesInt:
 @dataclass(frozen=True, eq=False)
 class TilesQ4_0:
     """Q4_0 in tiles of `LANES` outputs (see `matmul_q4_0`): words (tiles, in/8, 64) uint32,
-    d (tiles, in/32, 64) float32; outputs past `n_out` (padding of the last tile) have d = 0.
+    d (tiles, in/32, 64) uint16, the bits of the float16 scales (see `tile_scales`); outputs
+    past `n_out` (padding of the last tile) have d = 0.
 
     Nibble $k$ of ``words[t, c, l]`` is the code of input $8c + k$ for output $64t + l$."""
 
@@ -238,10 +240,18 @@ def tiled(a: np.ndarray, n_tiles: int) -> np.ndarray:
     return np.ascontiguousarray(a.reshape(a.shape[0], n_tiles, LANES).transpose(1, 0, 2))
 
 
+def tile_scales(scale: np.ndarray, n_tiles: int) -> np.ndarray:
+    """Scales (blocks, out) in tiles: float32 as they are, float16 as their bits (uint16), which
+    the kernels widen themselves (`block_scales`), so that they read 2 bytes per scale, not 4."""
+    if scale.dtype != np.float16:
+        return tiled(scale.astype(np.float32), n_tiles)
+    return tiled(scale.view(np.uint16), n_tiles)
+
+
 def int_tiles(q: np.ndarray, scale: np.ndarray, zero: np.ndarray | None) -> TilesInt:
     """q (in, out) int8 codes, scale and zero (blocks, out), as `TilesInt` (codes unchanged)."""
     n_tiles = n_tiles_for(q.shape[1])
-    return TilesInt(tiled(q, n_tiles), tiled(scale.astype(np.float32), n_tiles),
+    return TilesInt(tiled(q, n_tiles), tile_scales(scale, n_tiles),
                     None if zero is None else tiled(zero, n_tiles), q.shape[1])  # fmt: skip
 
 
@@ -265,7 +275,7 @@ def q4_0_tiles(w: K.Q4_0) -> TilesQ4_0:
     for k in range(8):  # the codes of inputs 8c + k, for every c, go to nibble k
         nib = np.pad(codes[k::8], ((0, 0), (0, pad))).astype(np.uint32) << np.uint32(4 * k)
         words |= nib.reshape(n_in // 8, n_tiles, LANES).transpose(1, 0, 2)
-    return TilesQ4_0(words, tiled(w.d.astype(np.float32), n_tiles), n_out)  # padding outputs: scale 0
+    return TilesQ4_0(words, tile_scales(w.d, n_tiles), n_out)  # padding outputs: scale 0
 
 
 def _f32(a: Any) -> np.ndarray:
@@ -307,6 +317,43 @@ def matmul_in_out(x, w, bias, y):  # pragma: no cover - compiled
             y[r, o] = partial[0, r, o] + partial[1, r, o] + bias[o]
 
 
+HALF_TO_FLOAT = np.float32(2.0**112)
+
+
+def block_scales(scale: np.ndarray, t: int, kb: int, bits: np.ndarray, sc: np.ndarray) -> None:
+    """sc[l] = the float32 scale of block kb, output $64t + l$, for l < 64; `bits` is int32
+    scratch of 64. Python's version of what kernels compile (`_block_scales`), for reading."""
+    h = scale[t, kb, :LANES]
+    sc[:LANES] = h.view(np.float16) if h.dtype == np.uint16 else h
+
+
+@overload(block_scales, inline="always", jit_options=dict(fastmath=True))
+def _block_scales(scale, t, kb, bits, sc):  # pragma: no cover - compiled
+    """Widening float16 without float16 arithmetic (Numba has none on the CPU). A half's sign,
+    5-bit exponent and 10-bit mantissa, moved to float32's bit positions (sign to bit 31, the
+    other 15 bits up by 13), make the float32 $h \\cdot 2^{-112}$: float32's exponent bias is 127,
+    a half's 15. Multiplying by $2^{112}$ gives $h$ exactly — for subnormal halves too, which
+    become subnormal float32s. Integer shifts, one reinterpretation of the array and one multiply:
+    all SIMD. (An infinite or nan half would come out finite; the weight kinds refuse them.)"""
+    if scale.dtype != types.uint16:
+
+        def copy(scale, t, kb, bits, sc):
+            for l in range(LANES):
+                sc[l] = scale[t, kb, l]
+
+        return copy
+
+    def widen(scale, t, kb, bits, sc):
+        for l in range(LANES):
+            h = np.int32(scale[t, kb, l])
+            bits[l] = ((h & 0x7FFF) << 13) | ((h & 0x8000) << 16)
+        as_float = bits.view(np.float32)
+        for l in range(LANES):
+            sc[l] = as_float[l] * HALF_TO_FLOAT
+
+    return widen
+
+
 @njit(inline="always", fastmath=True)
 def _block_sums(x, r, q, t, base, g, blk):  # pragma: no cover - compiled
     """blk[l] = $\\sum_{i=\\text{base}}^{\\text{base}+g-1} x_{ri}\\, q_{t,i,l}$: one block's sums for the
@@ -336,13 +383,15 @@ def matmul_tiles(x, q, scale, bias, y):  # pragma: no cover - compiled
     g = n_in // n_blocks
     n_out = y.shape[1]
     for t in prange(n_tiles):
+        bits, sc = np.empty(LANES, np.int32), np.empty(LANES, np.float32)
         for r in range(N):
             out = np.zeros(LANES, np.float32)
             blk = np.empty(LANES, np.float32)
             for kb in range(n_blocks):
                 _block_sums(x, r, q, t, np.uint64(kb * g), g, blk)
+                block_scales(scale, t, kb, bits, sc)
                 for l in range(LANES):
-                    out[l] += scale[t, kb, l] * blk[l]
+                    out[l] += sc[l] * blk[l]
             for l in range(min(LANES, n_out - LANES * t)):
                 y[r, LANES * t + l] = out[l] + bias[LANES * t + l]
 
@@ -357,14 +406,16 @@ def matmul_tiles_zero(x, xsum, q, scale, zero, bias, y):  # pragma: no cover - c
     g = n_in // n_blocks
     n_out = y.shape[1]
     for t in prange(n_tiles):
+        bits, sc = np.empty(LANES, np.int32), np.empty(LANES, np.float32)
         for r in range(N):
             out = np.zeros(LANES, np.float32)
             blk = np.empty(LANES, np.float32)
             for kb in range(n_blocks):
                 _block_sums(x, r, q, t, np.uint64(kb * g), g, blk)
+                block_scales(scale, t, kb, bits, sc)
                 zx = xsum[r, kb]
                 for l in range(LANES):
-                    out[l] += scale[t, kb, l] * (blk[l] - np.float32(zero[t, kb, l]) * zx)
+                    out[l] += sc[l] * (blk[l] - np.float32(zero[t, kb, l]) * zx)
             for l in range(min(LANES, n_out - LANES * t)):
                 y[r, LANES * t + l] = out[l] + bias[LANES * t + l]
 
@@ -393,6 +444,7 @@ def matmul_q4_0(x, words, d, bias, y):  # pragma: no cover - compiled
     m0, m1, m2, m3 = np.uint32(0xF), np.uint32(0xF0), np.uint32(0xF00), np.uint32(0xF000)
     m4, m5, m6, m7 = np.uint32(0xF0000), np.uint32(0xF00000), np.uint32(0xF000000), np.uint32(0xF0000000)
     for t in prange(n_tiles):
+        bits, sc = np.empty(LANES, np.int32), np.empty(LANES, np.float32)
         for r in range(N):
             out = np.zeros(LANES, np.float32)
             blk = np.empty(LANES, np.float32)
@@ -410,8 +462,9 @@ def matmul_q4_0(x, words, d, bias, y):  # pragma: no cover - compiled
                              + (x4 * np.float32(w & m4) + x5 * np.float32(w & m5))
                              + (x6 * np.float32(w & m6) + x7 * np.float32(w & m7)))
                         blk[l] = (z + v) if first else (blk[l] + v)
+                block_scales(d, t, kb, bits, sc)
                 for l in range(LANES):
-                    out[l] += d[t, kb, l] * blk[l]
+                    out[l] += sc[l] * blk[l]
             for l in range(min(LANES, n_out - LANES * t)):
                 y[r, LANES * t + l] = out[l] + bias[LANES * t + l]
 
@@ -446,50 +499,61 @@ SERIAL = dict(fastmath=True, cache=True)
 @njit(**SERIAL)
 def dequant_tiles(q, scale, zero, has_zero, o0, out):  # pragma: no cover - compiled
     g = out.shape[1] // scale.shape[1]
+    bits, sc = np.empty(LANES, np.int32), np.empty(LANES, np.float32)
     for j in range(out.shape[0]):
         t, lane = (o0 + j) // LANES, (o0 + j) % LANES
-        for i in range(out.shape[1]):
-            z = np.float32(zero[t, i // g, lane]) if has_zero else np.float32(0.0)
-            out[j, i] = scale[t, i // g, lane] * (np.float32(q[t, i, lane]) - z)
+        for kb in range(scale.shape[1]):
+            block_scales(scale, t, kb, bits, sc)
+            for i in range(kb * g, (kb + 1) * g):
+                z = np.float32(zero[t, kb, lane]) if has_zero else np.float32(0.0)
+                out[j, i] = sc[lane] * (np.float32(q[t, i, lane]) - z)
 
 
 @njit(**SERIAL)
 def dequant_tiles_cols(q, scale, zero, has_zero, t0, out):  # pragma: no cover - compiled
     g = q.shape[1] // scale.shape[1]
+    bits, sc = np.empty(LANES, np.int32), np.empty(LANES, np.float32)
     for tt in range(out.shape[1] // LANES):
         t, c0 = t0 + tt, LANES * tt
-        for i in range(q.shape[1]):
-            kb = i // g
-            if has_zero:
-                for l in range(LANES):
-                    out[i, c0 + l] = scale[t, kb, l] * (np.float32(q[t, i, l]) - np.float32(zero[t, kb, l]))
-            else:
-                for l in range(LANES):
-                    out[i, c0 + l] = scale[t, kb, l] * np.float32(q[t, i, l])
+        for kb in range(scale.shape[1]):
+            block_scales(scale, t, kb, bits, sc)
+            for i in range(kb * g, (kb + 1) * g):
+                if has_zero:
+                    for l in range(LANES):
+                        out[i, c0 + l] = sc[l] * (np.float32(q[t, i, l]) - np.float32(zero[t, kb, l]))
+                else:
+                    for l in range(LANES):
+                        out[i, c0 + l] = sc[l] * np.float32(q[t, i, l])
 
 
 @njit(**SERIAL)
 def dequant_q4_0_cols(words, d, t0, out):  # pragma: no cover - compiled
     eight, low = np.float32(8.0), np.uint32(15)
+    bits, sc = np.empty(LANES, np.int32), np.empty(LANES, np.float32)
     for tt in range(out.shape[1] // LANES):
         t, c0 = t0 + tt, LANES * tt
         for c in range(words.shape[1]):
+            if c % 4 == 0:  # a new block of 32 inputs
+                block_scales(d, t, c // 4, bits, sc)
             for k in range(8):
                 for l in range(LANES):
                     code = (words[t, c, l] >> np.uint32(4 * k)) & low
-                    out[8 * c + k, c0 + l] = d[t, c // 4, l] * (np.float32(code) - eight)
+                    out[8 * c + k, c0 + l] = sc[l] * (np.float32(code) - eight)
 
 
 @njit(**SERIAL)
 def dequant_q4_0(words, d, o0, out):  # pragma: no cover - compiled
     eight, low = np.float32(8.0), np.uint32(15)
+    bits, sc = np.empty(LANES, np.int32), np.empty(LANES, np.float32)
     for j in range(out.shape[0]):
         t, lane = (o0 + j) // LANES, (o0 + j) % LANES
         for c in range(words.shape[1]):
+            if c % 4 == 0:  # a new block of 32 inputs
+                block_scales(d, t, c // 4, bits, sc)
             w = words[t, c, lane]
             for k in range(8):
                 code = (w >> np.uint32(4 * k)) & low
-                out[j, 8 * c + k] = d[t, c // 4, lane] * (np.float32(code) - eight)
+                out[j, 8 * c + k] = sc[lane] * (np.float32(code) - eight)
 
 
 @njit(**SERIAL)
@@ -531,22 +595,63 @@ def layer_norm_rows(x, w, b, eps, y):  # pragma: no cover - compiled
         layer_norm_row(x[r], w, b, eps, y[r])
 
 
-@njit(**JIT)
-def gelu_flat(x, y):  # pragma: no cover - compiled
-    """GPT-2's GELU $\\tfrac12 x (1 + \\tanh u)$, $u = \\sqrt{2/\\pi}(x + 0.044715 x^3)$, in float32,
-    computed as $x - x / (1 + e^{2u})$ (the same function: $\\tfrac12(1 + \\tanh u) = 1/(1 + e^{-2u})$).
+# e^x without a C-library call. `np.exp` compiles to one call of libm's `expf` per element:
+# without Intel's SVML (not installed here) LLVM has no SIMD version of it. Written out, it is a
+# few multiply-adds that vectorize: $e^x = 2^t$ with $t = x \log_2 e$, split as $t = n + f$,
+# $n = \lfloor t + \tfrac12 \rfloor$, $|f| \le \tfrac12$; $2^f = e^{f \ln 2}$ by its Taylor series
+# to degree 7 (remainder below $(\tfrac12 \ln 2)^8/8! \approx 5 \cdot 10^{-9}$, under float32's
+# $6 \cdot 10^{-8}$) and $2^n$ exactly, from its bits: the float32 whose exponent field is
+# $n + 127$ and mantissa 0. $t$ is clamped to $[-126, 60]$, where $2^n$ is a normal float32.
+EXP2_TAYLOR = tuple(np.float32(math.log(2.0) ** k / math.factorial(k)) for k in range(8))
+EXP_T_MIN, EXP_T_MAX = -126.0, 60.0
+# Python's error model checks every float division for a zero divisor (to raise
+# ZeroDivisionError), and that branch keeps the loop from using SIMD; NumPy's gives inf or nan.
+JIT_VECTOR = dict(fastmath=True, error_model="numpy", cache=True)
 
-    Why: both compile to one C-library call per element (without Intel's SVML, Numba has no
-    SIMD versions of either), but ``expf`` is the cheaper call — 2.4x faster here (16.0 -> 6.6 us
-    for 3072 values). $2u$ is capped at 40 ($e^{40} \\approx 2\\cdot 10^{17}$,
-    where the correction $x/(1+e^{2u})$ is already below float32 resolution), so nothing overflows."""
+
+@njit(inline="always", **JIT_VECTOR)
+def exp_in_place(s, n, bits):  # pragma: no cover - compiled
+    """s[j] = $e^{s_j}$ for j < n, as above; `bits` is int32 scratch of at least n. Two passes,
+    both SIMD: the polynomial and $2^n$'s bits, then their product (reading the int32 bits
+    as float32 is a view of the array, which has no per-element form)."""
+    c1, c2, c3, c4 = EXP2_TAYLOR[1], EXP2_TAYLOR[2], EXP2_TAYLOR[3], EXP2_TAYLOR[4]
+    c5, c6, c7 = EXP2_TAYLOR[5], EXP2_TAYLOR[6], EXP2_TAYLOR[7]
+    log2e, lo, hi = np.float32(1.0 / math.log(2.0)), np.float32(EXP_T_MIN), np.float32(EXP_T_MAX)
+    for j in range(n):
+        t = min(max(s[j] * log2e, lo), hi)
+        k = np.floor(t + np.float32(0.5))
+        f = t - k
+        s[j] = np.float32(1.0) + f * (c1 + f * (c2 + f * (c3 + f * (c4 + f * (c5 + f * (c6 + f * c7))))))
+        bits[j] = (np.int32(k) + np.int32(127)) << 23
+    two_n = bits.view(np.float32)
+    for j in range(n):
+        s[j] *= two_n[j]
+
+
+@njit(**JIT_VECTOR)
+def gelu_row(x, y):  # pragma: no cover - compiled
+    """GPT-2's GELU $\\tfrac12 x (1 + \\tanh u)$, $u = \\sqrt{2/\\pi}(x + 0.044715 x^3)$, in float32,
+    computed as $x - x / (1 + e^{2u})$: the same function, since $\\tfrac12(1 + \\tanh u) =
+    1/(1 + e^{-2u})$, with one exponential (`exp_in_place`) and no `tanh`. Serial: one 3072-wide
+    row takes about 1.5 us, less than starting a parallel loop. $e^{2u}$ saturates at $2^{60}$
+    (`exp_in_place`'s clamp), where the correction $x/(1 + e^{2u})$ is already below float32
+    resolution, and bottoms out at $2^{-126}$, where $x - x/(1 + e^{2u})$ rounds to 0 as it should."""
+    n = x.shape[0]
     c2 = np.float32(2.0 * math.sqrt(2.0 / math.pi))
     a = np.float32(0.044715)
-    one, cap = np.float32(1.0), np.float32(40.0)
-    for i in prange(x.shape[0]):
+    for i in range(n):
         v = x[i]
-        e = np.exp(min(c2 * (v + a * v * v * v), cap))
-        y[i] = v - v / (one + e)
+        y[i] = c2 * (v + a * v * v * v)  # 2u
+    exp_in_place(y, n, np.empty(n, np.int32))
+    for i in range(n):
+        y[i] = x[i] - x[i] / (np.float32(1.0) + y[i])
+
+
+@njit(**JIT)
+def gelu_rows(x, y):  # pragma: no cover - compiled
+    """`gelu_row` for every row, rows in parallel."""
+    for r in prange(x.shape[0]):
+        gelu_row(x[r], y[r])
 
 
 @njit(**JIT)
@@ -579,6 +684,7 @@ def attention_cache(q, k, v, S, y):  # pragma: no cover - compiled
     B, H, T, D = q.shape
     scale = np.float32(1.0 / math.sqrt(D))
     scores = np.empty((B * H * T, S), np.float32)
+    bits = np.empty((B * H * T, S), np.int32)  # exp_in_place's scratch
     for task in prange(B * H * T):
         b = task // (H * T)
         h = (task // T) % H
@@ -592,9 +698,11 @@ def attention_cache(q, k, v, S, y):  # pragma: no cover - compiled
                 acc += q[b, h, t, e] * k[b, h, j, e]
             s[j] = acc * scale
             mx = max(mx, s[j])
+        for j in range(n_keys):
+            s[j] -= mx
+        exp_in_place(s, n_keys, bits[task])
         total = np.float32(0.0)
         for j in range(n_keys):
-            s[j] = np.exp(s[j] - mx)
             total += s[j]
         inv = np.float32(1.0) / total
         for e in range(D):
@@ -740,9 +848,12 @@ class NumbaBackend(NumpyBackend):
         return y.reshape(x.shape)
 
     def gelu(self, x: np.ndarray) -> np.ndarray:
-        flat = _f32(x).reshape(-1)
-        y = np.empty_like(flat)
-        gelu_flat(flat, y)
+        x2 = _f32(x).reshape(-1, x.shape[-1] if x.ndim and x.shape[-1] else 1)
+        y = np.empty_like(x2)
+        if x2.shape[0] == 1:  # decoding one sequence: a parallel loop would cost more than the row
+            gelu_row(x2[0], y[0])
+        else:
+            gelu_rows(x2, y)
         return y.reshape(x.shape)
 
     def softmax(self, x: np.ndarray) -> np.ndarray:
@@ -791,7 +902,8 @@ class NumbaBackend(NumpyBackend):
                 self.embed(K.TiedEmbedding(kind), np.zeros((1, 2), np.int64))
         for rows in (1, 2):  # one row (decode: serial kernel) and several (parallel)
             self.layer_norm(w[:rows], w[0], w[1], 1e-5)
-        self.gelu(w)
+        for rows in (1, 2):
+            self.gelu(w[:rows])
         self.softmax(w)
         cache = np.zeros((2, 1, 2, 8, 32), np.float32)
         q = rng.standard_normal((1, 2, 4, 32)).astype(np.float32)
