@@ -171,8 +171,8 @@ def rows_form(w: Any) -> Any:
     """A weight kind in the form this backend's kernels take (a one-time copy, cached per kind).
 
     Integer kinds become tiles of 64 outputs (`TilesInt`, `TilesQ4_0`), the others output-major
-    rows: the values of output $o$ are one contiguous row. Codes stay int8 / packed nibbles;
-    scales are widened to float32 (Numba has no float16)."""
+    rows: the values of output $o$ are one contiguous row. Codes stay int8 / packed nibbles,
+    float16 scales stay 2 bytes (`tile_scales`)."""
     if isinstance(w, K.Int8PerChannel):
         return int_tiles(w.q, w.scale[None, :], None)  # one block: all inputs
     if isinstance(w, K.IntPerGroup):
