@@ -452,7 +452,8 @@ def test_numba_exp_is_as_close_as_its_float32_argument_allows():
     r"""`exp_in_place` ($2^n$ from bits times a degree-7 Taylor series of $2^f$) against float64
     exp: the relative error stays under $(|x| + 4)\,2^{-23}$ — $|x|\,2^{-23}$ is what rounding
     $t = x \log_2 e$ to float32 may cost, the 4 covers the series and its arithmetic (a degree-5
-    series, for one, errs by up to $2.4 \cdot 10^{-6}$ where $|f| = 1/2$, as at $x = 0.35$: far over). Clamped ends: $2^{-126}$ and $2^{60}$."""
+    series, for one, errs by up to $2.4 \cdot 10^{-6}$ where $|f| = 1/2$, as at $x = 0.35$: far
+    over). Clamped ends: $2^{-126}$ and $2^{60}$."""
     get_backend("numba")
     from minillm.backends import numba_ as nb_mod
 

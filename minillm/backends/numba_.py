@@ -165,6 +165,7 @@ class RowsTied:
 
 
 ROW_FORMS = (TilesInt, TilesQ4_0, RowsNM, RowsDense, RowsLowRank)
+KERNEL_FORMS = (np.ndarray, *ROW_FORMS, RowsTied)  # what `kernel_weight` passes through
 
 
 def rows_form(w: Any) -> Any:
@@ -744,7 +745,7 @@ class NumbaBackend(NumpyBackend):
 
     def kernel_weight(self, w: Any) -> Any:
         """`w` in kernel form: cached, so the second call for the same weight is free."""
-        if isinstance(w, np.ndarray) or isinstance(w, ROW_FORMS + (RowsTied,)):
+        if isinstance(w, KERNEL_FORMS):
             return w
         return self._cache.get(w, rows_form)
 
