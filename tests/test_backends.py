@@ -467,6 +467,43 @@ def test_numba_exp_is_as_close_as_its_float32_argument_allows():
     assert ends.tolist() == [2.0**-126, 2.0**-126, 2.0**60, 2.0**60]
 
 
+def test_numba_q4_0_by_integer_dot_products():
+    r"""Q4_0 through AVX-512 VNNI (`matmul_q4_0_vnni`) and through the float kernel, against
+    float64. The row becomes $S m$ with $m_i$ three signed base-256 digits: checked directly (the
+    digits rebuild $m$, lie in [-128, 127], $|x_i - S m_i| \le S$ and the block sums add up),
+    then the products. The integer sums are exact, so the VNNI product errs only by the row's
+    rounding to $S m$ ($\le S$ per input: half a step, plus float32's rounding of $x_i / S$;
+    times $\sum_i |w_i|$) and a few float32 roundings;
+    the float kernel by the usual float32 bound. Rows include a large outlier and all zeros."""
+    get_backend("numba")
+    from minillm.backends import numba_ as nb_mod
+
+    if not nb_mod.HAS_VNNI:
+        pytest.skip("this CPU has no AVX-512 VNNI: the float kernel serves Q4_0 (tested everywhere else)")
+    x = (RNG.standard_normal((4, 96)) * 2).astype(np.float32)
+    x[1, 7], x[2] = 300.0, 0.0  # an outlier; a row of zeros
+    for row in x:
+        xw, dsum = np.empty((3, 2, 12), np.int32), np.empty((3, 3), np.int32)
+        S = nb_mod.x_digits(row, xw, dsum)
+        d = xw.view(np.int8).reshape(3, 2, 48).transpose(0, 2, 1).reshape(3, 96).astype(np.int64)  # [k, i]
+        m = d[0] + 256 * d[1] + 65536 * d[2]
+        assert np.all(np.abs(row - S * m) <= S) and np.abs(m).max() <= nb_mod.DIGITS_MAX
+        np.testing.assert_array_equal(dsum, d.reshape(3, 3, 32).sum(-1))
+    vnni, floats = nb_mod.NumbaBackend(), nb_mod.NumbaBackend()
+    floats.q4_0_vnni = False
+    for shape in [(96, 1), (96, 64), (96, 130), (3072, 70)]:
+        kind = quantize_weight((RNG.standard_normal(shape) * 0.1).astype(np.float32), "q4_0")
+        xs = x if shape[0] == 96 else (RNG.standard_normal((2, shape[0])) * 2).astype(np.float32)
+        b = RNG.standard_normal(shape[1]).astype(np.float32)
+        W = kind.dequantize().astype(np.float64)
+        exact = xs.astype(np.float64) @ W + b
+        S = np.abs(xs).max(1, keepdims=True) / nb_mod.DIGITS_MAX
+        M, n = magnitude(kind)
+        float_bound = (n + 4) * EPS32 * (np.abs(xs) @ M + np.abs(b)) + 1e-30
+        assert np.all(np.abs(vnni.linear(xs, kind, b) - exact) <= S * np.abs(W).sum(0) + float_bound)
+        assert np.all(np.abs(floats.linear(xs, kind, b) - exact) <= float_bound)
+
+
 def test_numba_widens_every_finite_half_exactly():
     """Tiles keep float16 scales as their bits (2 bytes read per scale, not 4); the kernels widen
     them with shifts and one multiply by $2^{112}$. Every finite half — zeros, subnormals, the

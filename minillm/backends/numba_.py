@@ -77,8 +77,10 @@ if _cache_dir is not None:
         _numba_config.reload_config()
 
 import numba  # noqa: E402  (after the cache directory is chosen)
+from llvmlite import ir  # noqa: E402
 from numba import njit, prange, types  # noqa: E402
-from numba.extending import overload  # noqa: E402
+from numba.core import cgutils  # noqa: E402
+from numba.extending import intrinsic, overload  # noqa: E402
 
 # A decode step runs about a hundred small parallel loops. Numba's OpenMP pool ("omp") starts
 # one in ~3 us because its threads spin for a while after each loop, waiting for the next; the
@@ -100,6 +102,9 @@ JIT = dict(parallel=True, fastmath=True, cache=True)
 # Without "reassoc", LLVM keeps our order of additions: sums of independent pairs
 # instead of one long chain of dependent multiply-adds (for kernels that need no reductions).
 JIT_ORDERED = dict(JIT, fastmath={"contract", "nsz", "arcp"})
+# Python's error model checks every float division for a zero divisor (to raise
+# ZeroDivisionError), and that branch keeps the loop from using SIMD; NumPy's gives inf or nan.
+JIT_VECTOR = dict(fastmath=True, error_model="numpy", cache=True)
 
 
 # ------------------------------------------------------------------------------------------
@@ -491,6 +496,172 @@ def matmul_nm(x, values, indices, n, m, bias, y):  # pragma: no cover - compiled
 
 
 # ------------------------------------------------------------------------------------------
+# Q4_0 with integer dot products. The float kernel above is bound by its arithmetic (an AND, a
+# conversion and a multiply-add per code). AVX-512 VNNI's `vpdpbusd` multiplies 64 unsigned
+# bytes by 64 signed bytes and adds each group of four products into one of 16 int32 lanes: 64
+# multiply-adds in one instruction, exact. The codes are the unsigned bytes; the row x becomes
+# integers in *block floating point*: $x_i \approx S m_i$ with $S = \max|x| / 8{,}355{,}711$
+# (`DIGITS_MAX`) and $m_i$ written with three signed base-256 digits, $m = d_0 + 2^8 d_1 +
+# 2^{16} d_2$, $d_k \in [-128, 127]$. Then, exactly in integers, per block
+# $\sum_i (q_i - 8) m_i = \sum_k 2^{8k} \big(\sum_i q_i d_{k,i} - 8 \sum_i d_{k,i}\big)$:
+# one `vpdpbusd` per 64 codes and digit. Rounding x to $S m$ errs by at most $S$ per element
+# (half a step, plus float32's rounding of $x_i / S$): $1.2 \cdot 10^{-7} \max|x|$, float32's
+# own resolution relative to the row's largest element.
+DIGITS_MAX = 127 * 65536 + 127 * 256 + 127  # the largest m three digits in [-128, 127] can write
+
+
+def _host_has_vnni() -> bool:
+    """Whether this CPU has AVX-512 VNNI (and Numba compiles for this CPU, not a generic one)."""
+    try:
+        from llvmlite import binding
+
+        features = binding.get_host_cpu_features()
+    except Exception:  # not x86, or llvmlite cannot tell: use the float kernel
+        return False
+    return bool(features.get("avx512vnni") and features.get("avx512bw")) and not numba.config.CPU_NAME
+
+
+HAS_VNNI = _host_has_vnni()
+
+
+@intrinsic
+def q4_0_tile_dot(typingctx, words, d, t, xw, dsum, out):  # pragma: no cover - compiled
+    """out[l] = $\\sum_k d_{kl} \\sum_{i \\in k} (q_{il} - 8)\\, m_i$ over the blocks k of tile t.
+
+    Written as LLVM IR, because Numba has no SIMD vector type: per block, 12 vectors of 16
+    int32 sums (3 digits x 64 outputs) stay in registers through the block's 32 inputs, and the
+    64 outputs' running sums through all blocks. A word of `words` holds 8 codes, nibble j for
+    input 8c + j; masking with 0x0F0F0F0F keeps nibbles 0, 2, 4, 6 (inputs 8c, 8c+2, 8c+4,
+    8c+6) as bytes, shifting by 4 first keeps the odd ones. `xw[k, h, c]` holds digit k of
+    those four inputs (h = 0: even, 1: odd) as one int32, which is broadcast to every lane.
+    `dsum[k, b]` = $\\sum_{i \\in b} d_{k,i}$ pays for the 8. The float16 scales (their bits, as
+    the tiles store them) are widened by the CPU's own conversion (`fpext` of LLVM's half)."""
+    sig = types.void(words, d, t, xw, dsum, out)
+    i16, i32, i64, f32 = ir.IntType(16), ir.IntType(32), ir.IntType(64), ir.FloatType()
+    v16, v16f = ir.VectorType(i32, 16), ir.VectorType(f32, 16)
+    v16s, v16h = ir.VectorType(i16, 16), ir.VectorType(ir.HalfType(), 16)
+
+    def codegen(context, builder, signature, args):
+        w_arr, d_arr, t, x_arr, s_arr, o_arr = (context.make_array(ty)(context, builder, a)
+                                                if isinstance(ty, types.Array) else a
+                                                for ty, a in zip(signature.args, args, strict=True))  # fmt: skip
+        n_c = builder.extract_value(w_arr.shape, 1)  # words per tile row: in / 8
+        n_blocks = builder.sdiv(n_c, ir.Constant(i64, 4))
+        dpbusd = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(v16, [v16, v16, v16]), "llvm.x86.avx512.vpdpbusd.512")
+        fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v16f, [v16f, v16f, v16f]),
+                                             "llvm.fma.v16f32")  # fmt: skip
+
+        def const(ty, v):
+            return ir.Constant(ty, v)
+
+        def splat(v):
+            one = builder.insert_element(ir.Constant(v16, ir.Undefined), v, const(i32, 0))
+            return builder.shuffle_vector(one, ir.Constant(v16, ir.Undefined), ir.Constant(v16, [0] * 16))
+
+        def load_i32(arr, index):
+            return builder.load(builder.gep(arr.data, [index]), align=4)
+
+        def vector_at(ptr, index, ty):
+            return builder.bitcast(builder.gep(ptr, [index]), ty.as_pointer())
+
+        tile = builder.gep(w_arr.data, [builder.mul(t, builder.mul(n_c, const(i64, LANES)))])
+        scales = builder.gep(d_arr.data, [builder.mul(t, builder.mul(n_blocks, const(i64, LANES)))])
+        mask, four = ir.Constant(v16, [0x0F0F0F0F] * 16), ir.Constant(v16, [4] * 16)
+        before = builder.basic_block
+        head, body, done = (builder.append_basic_block(f"q4_0_dot.{n}") for n in ("head", "body", "done"))
+        builder.branch(head)
+        builder.position_at_end(head)
+        b = builder.phi(i64)
+        b.add_incoming(const(i64, 0), before)
+        outs = [builder.phi(v16f) for _ in range(4)]  # the 64 outputs' sums, 16 per vector
+        for o in outs:
+            o.add_incoming(ir.Constant(v16f, [0.0] * 16), before)
+        builder.cbranch(builder.icmp_signed("<", b, n_blocks), body, done)
+        builder.position_at_end(body)
+        sums = [[ir.Constant(v16, [0] * 16)] * 4 for _ in range(3)]  # [digit][16 outputs]
+        for cc in range(4):  # the block's 4 words, 8 inputs each
+            c = builder.add(builder.mul(b, const(i64, 4)), const(i64, cc))
+            x_kh = [[splat(load_i32(x_arr, builder.add(builder.mul(const(i64, 2 * k + h), n_c), c)))
+                     for h in (0, 1)] for k in range(3)]  # fmt: skip
+            for g in range(4):
+                at = builder.add(builder.mul(c, const(i64, LANES)), const(i64, 16 * g))
+                codes = builder.load(vector_at(tile, at, v16), align=4)
+                even, odd = builder.and_(codes, mask), builder.and_(builder.lshr(codes, four), mask)
+                for k in range(3):
+                    acc = builder.call(dpbusd, [sums[k][g], even, x_kh[k][0]])
+                    sums[k][g] = builder.call(dpbusd, [acc, odd, x_kh[k][1]])
+        eight_d = [splat(builder.mul(load_i32(s_arr, builder.add(builder.mul(const(i64, k), n_blocks), b)),
+                                     const(i32, 8))) for k in range(3)]  # fmt: skip
+        new_outs = []
+        for g in range(4):  # each digit's sum minus 8 * its digit sum: |.| <= 2^15, exact
+            a0, a1, a2 = (builder.sub(sums[k][g], eight_d[k]) for k in range(3))
+            low = builder.sitofp(builder.add(a0, builder.shl(a1, ir.Constant(v16, [8] * 16))), v16f)  # < 2^24: exact
+            block = builder.call(fma, [builder.sitofp(a2, v16f), ir.Constant(v16f, [65536.0] * 16), low])
+            at = builder.add(builder.mul(b, const(i64, LANES)), const(i64, 16 * g))
+            scale = builder.fpext(builder.bitcast(builder.load(vector_at(scales, at, v16s), align=2), v16h), v16f)
+            new_outs.append(builder.call(fma, [scale, block, outs[g]]))
+        b.add_incoming(builder.add(b, const(i64, 1)), builder.basic_block)
+        for o, v in zip(outs, new_outs, strict=True):
+            o.add_incoming(v, builder.basic_block)
+        builder.branch(head)
+        builder.position_at_end(done)
+        for g in range(4):
+            builder.store(outs[g], vector_at(o_arr.data, const(i64, 16 * g), v16f), align=4)
+
+    return sig, codegen
+
+
+@njit(**JIT_VECTOR)
+def x_digits(x, xw, dsum):  # pragma: no cover - compiled
+    """Row x (in,) as $S m$ with three signed base-256 digits per $m_i$ (see above); returns S.
+    xw (3, 2, in/8) int32 gets the digits of even and odd inputs four to a word, dsum (3, in/32)
+    each block's digit sums."""
+    n_in = x.shape[0]
+    mx = np.float32(0.0)
+    for i in range(n_in):
+        mx = max(mx, abs(x[i]))
+    inv = np.float32(DIGITS_MAX / mx) if mx > 0 else np.float32(1.0)
+    limit = np.float32(DIGITS_MAX)
+    digits = xw.view(np.int8).reshape(3, 2, n_in // 2)  # digit k of input 2j + h at [k, h, j]
+    for j in range(n_in // 2):
+        for h in range(2):
+            m = np.int32(min(max(np.rint(x[2 * j + h] * inv), -limit), limit))
+            for k in range(3):
+                dk = ((m + 128) & 255) - 128  # the remainder in [-128, 127]
+                digits[k, h, j] = dk
+                m = (m - dk) >> 8
+    for k in range(3):
+        for b in range(n_in // 32):
+            total = 0
+            for j in range(16 * b, 16 * b + 16):
+                total += np.int32(digits[k, 0, j]) + np.int32(digits[k, 1, j])
+            dsum[k, b] = total
+    return 1.0 / np.float64(inv)
+
+
+@njit(**JIT)
+def matmul_q4_0_vnni(x, words, d, bias, y):  # pragma: no cover - compiled
+    """Q4_0 by integer dot products (`q4_0_tile_dot`): the same $y_o$ as `matmul_q4_0`, with
+    $\\sum_{i \\in k} x_i (q_{io} - 8) = S \\sum_{i \\in k} m_i (q_{io} - 8)$ computed exactly.
+    `d` must hold float16 bits (uint16), as `tile_scales` makes them for Q4_0."""
+    N, n_in = x.shape
+    n_tiles = d.shape[0]
+    n_out = y.shape[1]
+    xw = np.empty((N, 3, 2, n_in // 8), np.int32)
+    dsum = np.empty((N, 3, n_in // 32), np.int32)
+    S = np.empty(N, np.float32)
+    for r in range(N):
+        S[r] = x_digits(x[r], xw[r], dsum[r])
+    for t in prange(n_tiles):
+        out = np.empty(LANES, np.float32)
+        for r in range(N):
+            q4_0_tile_dot(words, d, t, xw[r], dsum[r], out)
+            for l in range(min(LANES, n_out - LANES * t)):
+                y[r, LANES * t + l] = S[r] * out[l] + bias[LANES * t + l]
+
+
+# ------------------------------------------------------------------------------------------
 # Dequantize into float32 for BLAS (the prefill path): tiles as columns (in, 64 per tile),
 # N:M as output rows o0.. (w, in); single rows of a tile also serve the embedding lookup.
 # Serial on purpose: these run between BLAS calls, and OpenBLAS's threads keep spinning for a
@@ -608,9 +779,6 @@ def layer_norm_rows(x, w, b, eps, y):  # pragma: no cover - compiled
 # $n + 127$ and mantissa 0. $t$ is clamped to $[-126, 60]$, where $2^n$ is a normal float32.
 EXP2_TAYLOR = tuple(np.float32(math.log(2.0) ** k / math.factorial(k)) for k in range(8))
 EXP_T_MIN, EXP_T_MAX = -126.0, 60.0
-# Python's error model checks every float division for a zero divisor (to raise
-# ZeroDivisionError), and that branch keeps the loop from using SIMD; NumPy's gives inf or nan.
-JIT_VECTOR = dict(fastmath=True, error_model="numpy", cache=True)
 
 
 @njit(inline="always", **JIT_VECTOR)
@@ -733,6 +901,7 @@ class NumbaBackend(NumpyBackend):
     prefill_rows = 32
     prefill_rows_tiles = 256
     prefill_rows_nm = 4
+    q4_0_vnni = HAS_VNNI  # Q4_0 by integer dot products where the CPU has them (set False to compare)
 
     def __init__(self) -> None:
         self._cache = WeightCache()
@@ -790,7 +959,7 @@ class NumbaBackend(NumpyBackend):
             xsum = x.reshape(N, w.scale.shape[1], -1).sum(-1)  # (N, blocks): the sum of x per block
             matmul_tiles_zero(x, xsum, w.q, w.scale, w.zero, bias, y)
         elif isinstance(w, TilesQ4_0):
-            matmul_q4_0(x, w.words, w.d, bias, y)
+            (matmul_q4_0_vnni if self.q4_0_vnni else matmul_q4_0)(x, w.words, w.d, bias, y)
         else:
             matmul_nm(x, w.values, w.indices, w.n, w.m, bias, y)
         return y
