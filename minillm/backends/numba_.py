@@ -958,8 +958,9 @@ class NumbaBackend(NumpyBackend):
         elif isinstance(w, TilesInt):
             xsum = x.reshape(N, w.scale.shape[1], -1).sum(-1)  # (N, blocks): the sum of x per block
             matmul_tiles_zero(x, xsum, w.q, w.scale, w.zero, bias, y)
-        elif isinstance(w, TilesQ4_0):
-            (matmul_q4_0_vnni if self.q4_0_vnni else matmul_q4_0)(x, w.words, w.d, bias, y)
+        elif isinstance(w, TilesQ4_0):  # the VNNI kernel reads raw memory: only tiles as q4_0_tiles makes them
+            vnni = self.q4_0_vnni and w.d.dtype == np.uint16 and w.words.flags.c_contiguous and w.d.flags.c_contiguous
+            (matmul_q4_0_vnni if vnni else matmul_q4_0)(x, w.words, w.d, bias, y)
         else:
             matmul_nm(x, w.values, w.indices, w.n, w.m, bias, y)
         return y
