@@ -491,9 +491,9 @@ def test_numba_q4_0_by_integer_dot_products():
         np.testing.assert_array_equal(dsum, d.reshape(3, 3, 32).sum(-1))
     vnni, floats = nb_mod.NumbaBackend(), nb_mod.NumbaBackend()
     floats.q4_0_vnni = False
-    for shape in [(96, 1), (96, 64), (96, 130), (3072, 70)]:
+    for shape, rows in [((96, 1), x), ((96, 64), x), ((96, 130), 300), ((3072, 70), 2)]:  # 300: a prefill
         kind = quantize_weight((RNG.standard_normal(shape) * 0.1).astype(np.float32), "q4_0")
-        xs = x if shape[0] == 96 else (RNG.standard_normal((2, shape[0])) * 2).astype(np.float32)
+        xs = rows if isinstance(rows, np.ndarray) else (RNG.standard_normal((rows, shape[0])) * 2).astype(np.float32)
         b = RNG.standard_normal(shape[1]).astype(np.float32)
         W = kind.dequantize().astype(np.float64)
         exact = xs.astype(np.float64) @ W + b
@@ -576,10 +576,12 @@ def test_numba_tiles_hold_the_same_codes(shape, method):
     cols = np.empty((shape[0], 64 * n_tiles), np.float32)
     nb_mod._dequantize_cols(tiles, 0, cols)
     np.testing.assert_array_equal(cols[:, : shape[1]], kind.dequantize())
-    assert 2 < nb_mod.NumbaBackend()._blas_rows(tiles) <= 300  # both paths below are exercised
+    be = nb_mod.NumbaBackend()
+    be.q4_0_vnni = False  # the float kernel and BLAS (VNNI: test_numba_q4_0_by_integer_dot_products)
+    assert 2 < be._blas_rows(tiles) <= 300  # both paths below are exercised
     for n_rows in (2, 300):
         x = RNG.standard_normal((n_rows, shape[0])).astype(np.float32)
-        got = nb_mod.NumbaBackend().linear(x, tiles, None)
+        got = be.linear(x, tiles, None)
         exact = x.astype(np.float64) @ kind.dequantize().astype(np.float64)
         M, n = magnitude(kind)
         assert np.all(np.abs(got - exact) <= (n + 4) * EPS32 * (np.abs(x) @ M) + 1e-30)
