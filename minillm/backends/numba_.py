@@ -624,19 +624,18 @@ def x_digits(x, xw, dsum):  # pragma: no cover - compiled
     inv = np.float32(DIGITS_MAX / mx) if mx > 0 else np.float32(1.0)
     limit = np.float32(DIGITS_MAX)
     digits = xw.view(np.int8).reshape(3, 2, n_in // 2)  # digit k of input 2j + h at [k, h, j]
-    for j in range(n_in // 2):
-        for h in range(2):
-            m = np.int32(min(max(np.rint(x[2 * j + h] * inv), -limit), limit))
-            for k in range(3):
-                dk = ((m + 128) & 255) - 128  # the remainder in [-128, 127]
-                digits[k, h, j] = dk
-                m = (m - dk) >> 8
-    for k in range(3):
-        for b in range(n_in // 32):
-            total = 0
-            for j in range(16 * b, 16 * b + 16):
-                total += np.int32(digits[k, 0, j]) + np.int32(digits[k, 1, j])
-            dsum[k, b] = total
+    for b in range(n_in // 32):
+        s0, s1, s2 = 0, 0, 0
+        for j in range(16 * b, 16 * b + 16):
+            for h in range(2):
+                m = np.int32(min(max(np.rint(x[2 * j + h] * inv), -limit), limit))
+                d0 = ((m + 128) & 255) - 128  # the remainder in [-128, 127]
+                m = (m - d0) >> 8
+                d1 = ((m + 128) & 255) - 128
+                d2 = (m - d1) >> 8
+                digits[0, h, j], digits[1, h, j], digits[2, h, j] = d0, d1, d2
+                s0, s1, s2 = s0 + d0, s1 + d1, s2 + d2
+        dsum[0, b], dsum[1, b], dsum[2, b] = s0, s1, s2
     return 1.0 / np.float64(inv)
 
 
