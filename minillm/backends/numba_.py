@@ -508,6 +508,7 @@ def matmul_nm(x, values, indices, n, m, bias, y):  # pragma: no cover - compiled
 # (half a step, plus float32's rounding of $x_i / S$): $1.2 \cdot 10^{-7} \max|x|$, float32's
 # own resolution relative to the row's largest element.
 DIGITS_MAX = 127 * 65536 + 127 * 256 + 127  # the largest m three digits in [-128, 127] can write
+NAN32 = np.float32(np.nan)
 
 
 def _host_has_vnni() -> bool:
@@ -639,22 +640,41 @@ def x_digits(x, xw, dsum):  # pragma: no cover - compiled
     return 1.0 / np.float64(inv)
 
 
+@njit(cache=True)
+def all_finite(row):  # pragma: no cover - compiled
+    """Whether a float32 row holds no inf or nan, read from the bits (an all-ones exponent):
+    integer tests, which fastmath (free to assume neither exists) cannot fold away."""
+    bits = row.view(np.int32)
+    bad = 0
+    for i in range(bits.shape[0]):
+        bad |= (bits[i] & 0x7F800000) == 0x7F800000
+    return bad == 0
+
+
 @njit(**JIT)
 def matmul_q4_0_vnni(x, words, d, bias, y):  # pragma: no cover - compiled
     """Q4_0 by integer dot products (`q4_0_tile_dot`): the same $y_o$ as `matmul_q4_0`, with
     $\\sum_{i \\in k} x_i (q_{io} - 8) = S \\sum_{i \\in k} m_i (q_{io} - 8)$ computed exactly.
-    `d` must hold float16 bits (uint16), as `tile_scales` makes them for Q4_0."""
+    `d` must hold float16 bits (uint16), as `tile_scales` makes them for Q4_0. A row with an
+    inf or nan has no digits: its outputs are nan, never a finite number made up by the
+    conversion."""
     N, n_in = x.shape
     n_tiles = d.shape[0]
     n_out = y.shape[1]
     xw = np.empty((N, 3, 2, n_in // 8), np.int32)
     dsum = np.empty((N, 3, n_in // 32), np.int32)
     S = np.empty(N, np.float32)
+    finite = np.empty(N, np.bool_)
     for r in range(N):
-        S[r] = x_digits(x[r], xw[r], dsum[r])
+        finite[r] = all_finite(x[r])
+        S[r] = x_digits(x[r], xw[r], dsum[r]) if finite[r] else 0.0
     for t in prange(n_tiles):
         out = np.empty(LANES, np.float32)
         for r in range(N):
+            if not finite[r]:  # stored, not computed: fastmath arithmetic may not carry a nan
+                for l in range(min(LANES, n_out - LANES * t)):
+                    y[r, LANES * t + l] = NAN32
+                continue
             q4_0_tile_dot(words, d, t, xw[r], dsum[r], out)
             for l in range(min(LANES, n_out - LANES * t)):
                 y[r, LANES * t + l] = S[r] * out[l] + bias[LANES * t + l]
