@@ -467,6 +467,27 @@ def test_numba_exp_is_as_close_as_its_float32_argument_allows():
     assert ends.tolist() == [2.0**-126, 2.0**-126, 2.0**60, 2.0**60]
 
 
+def test_numba_abs_max_from_the_bits():
+    """`abs_max_bits` (the row's largest magnitude for the VNNI kernel's scale, by an integer max
+    over the bits) against NumPy's `abs().max()`, on rows with -0, subnormals, huge values and
+    one element; and its finiteness answer on rows holding +-inf or nan anywhere."""
+    get_backend("numba")
+    from minillm.backends import numba_ as nb_mod
+
+    tiny = np.float32(1e-45)  # the smallest subnormal
+    rows = [RNG.standard_normal(3072).astype(np.float32), np.array([-0.0, 0.0], np.float32),
+            np.array([tiny, -3 * tiny], np.float32), np.array([-3e38, 1.0], np.float32),
+            np.array([-2.5], np.float32), np.zeros(7, np.float32)]  # fmt: skip
+    for row in rows:
+        top = np.array([nb_mod.abs_max_bits(row)], np.int32)
+        assert top[0] < nb_mod.INF_BITS and top.view(np.float32)[0] == np.abs(row).max()
+    for bad in (np.inf, -np.inf, np.nan, -np.nan):
+        for i in (0, 500, 3071):
+            row = rows[0].copy()
+            row[i] = bad
+            assert nb_mod.abs_max_bits(row) >= nb_mod.INF_BITS
+
+
 def test_numba_q4_0_by_integer_dot_products():
     r"""Q4_0 through AVX-512 VNNI (`matmul_q4_0_vnni`) and through the float kernel, against
     float64. The row becomes $S m$ with $m_i$ three signed base-256 digits: checked directly (the
@@ -485,7 +506,7 @@ def test_numba_q4_0_by_integer_dot_products():
     x[1, 7], x[2] = 300.0, 0.0  # an outlier; a row of zeros
     for row in x:
         xw, dsum = np.empty((3, 2, 12), np.int32), np.empty((3, 3), np.int32)
-        S = nb_mod.x_digits(row, xw, dsum)
+        S = nb_mod.x_digits(row, np.abs(row).max(), xw, dsum)
         d = xw.view(np.int8).reshape(3, 2, 48).transpose(0, 2, 1).reshape(3, 96).astype(np.int64)  # [k, i]
         m = d[0] + 256 * d[1] + 65536 * d[2]
         assert np.all(np.abs(row - S * m) <= S) and np.abs(m).max() <= nb_mod.DIGITS_MAX

@@ -614,14 +614,11 @@ def q4_0_tile_dot(typingctx, words, d, t, xw, dsum, out):  # pragma: no cover - 
 
 
 @njit(**JIT_VECTOR)
-def x_digits(x, xw, dsum):  # pragma: no cover - compiled
+def x_digits(x, mx, xw, dsum):  # pragma: no cover - compiled
     """Row x (in,) as $S m$ with three signed base-256 digits per $m_i$ (see above); returns S.
-    xw (3, 2, in/8) int32 gets the digits of even and odd inputs four to a word, dsum (3, in/32)
-    each block's digit sums."""
+    mx is $\\max_i |x_i|$ (`abs_max_bits`), xw (3, 2, in/8) int32 gets the digits of even and odd
+    inputs four to a word, dsum (3, in/32) each block's digit sums."""
     n_in = x.shape[0]
-    mx = np.float32(0.0)
-    for i in range(n_in):
-        mx = max(mx, abs(x[i]))
     inv = np.float32(DIGITS_MAX / mx) if mx > 0 else np.float32(1.0)
     limit = np.float32(DIGITS_MAX)
     digits = xw.view(np.int8).reshape(3, 2, n_in // 2)  # digit k of input 2j + h at [k, h, j]
@@ -640,15 +637,22 @@ def x_digits(x, xw, dsum):  # pragma: no cover - compiled
     return 1.0 / np.float64(inv)
 
 
-@njit(cache=True)
-def all_finite(row):  # pragma: no cover - compiled
-    """Whether a float32 row holds no inf or nan, read from the bits (an all-ones exponent):
-    integer tests, which fastmath (free to assume neither exists) cannot fold away."""
+INF_BITS = 0x7F800000  # float32 +inf; nan's bits (sign cleared) are larger
+
+
+@njit(**JIT_VECTOR)
+def abs_max_bits(row):  # pragma: no cover - compiled
+    """The bits of $\\max_i |x_i|$ as an int32, found by an integer max over the bits with the
+    sign cleared: for floats >= 0 the bits' integer order is the floats' order. One pass that
+    vectorizes (Numba's float `max` compiles to a compare-and-branch that does not: 1.8 against
+    0.2 us for 3072 floats here) and that also answers whether the row is finite: the result is
+    below `INF_BITS` exactly when no element is an inf or a nan. Integer tests, which fastmath
+    (free to assume neither exists) cannot fold away."""
     bits = row.view(np.int32)
-    bad = 0
+    top = np.int32(0)
     for i in range(bits.shape[0]):
-        bad |= (bits[i] & 0x7F800000) == 0x7F800000
-    return bad == 0
+        top = max(top, bits[i] & 0x7FFFFFFF)
+    return top
 
 
 @njit(**JIT)
@@ -664,10 +668,12 @@ def matmul_q4_0_vnni(x, words, d, bias, y):  # pragma: no cover - compiled
     xw = np.empty((N, 3, 2, n_in // 8), np.int32)
     dsum = np.empty((N, 3, n_in // 32), np.int32)
     S = np.empty(N, np.float32)
+    top = np.empty(N, np.int32)  # the bits of max|x| per row, read as float32 below
     finite = np.empty(N, np.bool_)
     for r in range(N):
-        finite[r] = all_finite(x[r])
-        S[r] = x_digits(x[r], xw[r], dsum[r]) if finite[r] else 0.0
+        top[r] = abs_max_bits(x[r])
+        finite[r] = top[r] < INF_BITS
+        S[r] = x_digits(x[r], top.view(np.float32)[r], xw[r], dsum[r]) if finite[r] else 0.0
     for t in prange(n_tiles):
         out = np.empty(LANES, np.float32)
         for r in range(N):
