@@ -613,6 +613,73 @@ def test_numba_tiles_hold_the_same_codes(shape, method):
         assert np.all(np.abs(got - exact) <= (n + 4) * EPS32 * (np.abs(x) @ M) + 1e-30)
 
 
+@pytest.mark.parametrize("kind", ["fp32", "int8", "q8_0", "q4_0", "q4_0 float kernel"])
+def test_numba_block_in_one_call_is_the_same_to_the_bit(small_model, kind, monkeypatch):
+    """`NumbaBackend.block` runs a whole block as one compiled call (`decode_block`): the same
+    kernels the forward calls one by one, in the same order, so the logits and the KV cache are
+    identical to the bit, through a prefill of two sequences and three decode steps. Counting
+    the calls shows the fused path really ran (two layers, four forward calls)."""
+    get_backend("numba")
+    from minillm.backends import numba_ as nb_mod
+
+    model = compressed(small_model, kind.split()[0])
+    calls = []
+    fused_block = nb_mod.decode_block
+    monkeypatch.setattr(nb_mod, "decode_block", lambda *a: calls.append(1) or fused_block(*a))
+    runs = []
+    for fused in (True, False):
+        be = nb_mod.NumbaBackend()
+        be.fused_blocks, be.q4_0_vnni = fused, be.q4_0_vnni and kind != "q4_0 float kernel"
+        params, cache = be.prepare(model.params), KVCache.allocate(SMALL, 2, be)
+        logits = [forward(params, SMALL, np.array([[3, 1, 4, 1], [5, 9, 2, 6]]), cache, be)]
+        for _ in range(3):
+            logits.append(forward(params, SMALL, logits[-1][:, -1:].argmax(-1), cache, be))
+        runs.append((logits, cache))
+    assert len(calls) == SMALL.n_layer * 4
+    (fused_logits, fused_cache), (plain_logits, plain_cache) = runs
+    for a, b in zip(fused_logits, plain_logits, strict=True):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(fused_cache.k, plain_cache.k)
+    np.testing.assert_array_equal(fused_cache.v, plain_cache.v)
+
+
+@pytest.mark.parametrize("case", ["int4-g32", "2:4", "lowrank", "input-major", "prefill", "float16 cache"])
+def test_numba_block_declines_what_it_does_not_fuse(small_model, case):
+    """`NumbaBackend.block` returns None (and the forward runs the block kernel by kernel) for
+    weight forms `decode_block` does not take, for prefill rows that go to BLAS, and for a KV
+    cache that is not float32; the forward's answer is NumPy's either way."""
+    from minillm.bench import input_major
+
+    be = get_backend("numba")
+    model = {"input-major": minillm.GPT(SMALL, params=input_major(small_model.params))}.get(
+        case, compressed(small_model, case) if case in KINDS else small_model)  # fmt: skip
+    rows = be.prefill_rows if case == "prefill" else 1
+    cache = KVCache.allocate(SMALL, 1, be, dtype=np.float16 if case == "float16 cache" else np.float32)
+    x = np.zeros((rows, SMALL.n_embd), np.float32)
+    assert be.block(be.prepare(model.params), SMALL, 0, x, (cache.k, cache.v), 0, 1, rows) is None
+    idx = np.random.default_rng(3).integers(0, SMALL.vocab_size, (1, rows))
+    np.testing.assert_allclose(model.forward(idx, backend=be), model.forward(idx), rtol=0, atol=1e-4)
+
+
+def test_numba_block_checks_every_shape_before_compiled_code(small_model):
+    """The compiled block indexes without bounds checks, so `NumbaBackend.block` hands anything
+    that does not fit (no room left in the cache, rows or widths that disagree, a bias of the
+    wrong length, a config the weights were not made for) back to the forward, whose kernels
+    check and report it: never an out-of-bounds read or write."""
+    be = get_backend("numba")
+    params, cache, C = be.prepare(small_model.params), KVCache.allocate(SMALL, 1, be), SMALL.n_embd
+    kv, x = (cache.k, cache.v), np.zeros((1, C), np.float32)
+    assert be.block(params, SMALL, 0, x, kv, cache.size - 1, 1, 1) is not None  # the last position: fits
+    assert be.block(params, SMALL, 0, x, kv, cache.size, 1, 1) is None  # no room left
+    assert be.block(params, SMALL, 0, x, kv, -1, 1, 1) is None
+    assert be.block(params, SMALL, 0, x, kv, 0, 1, 2) is None  # B*T = 2 rows, x has 1
+    wrong = dict(params, **{"h.0.mlp.c_fc.bias": np.zeros(C, np.float32)})  # should be 4C
+    assert be.block(wrong, SMALL, 0, x, kv, 0, 1, 1) is None
+    narrow = minillm.GPTConfig(vocab_size=96, block_size=64, n_layer=2, n_head=4, n_embd=32)
+    narrow_cache = KVCache.allocate(narrow, 1, be)
+    assert be.block(params, narrow, 0, x[:, :32], (narrow_cache.k, narrow_cache.v), 0, 1, 1) is None
+
+
 def test_numba_compile_covers_what_decoding_runs():
     """After `NumbaBackend.compile()`, prefill and decoding with every quantized format compile
     nothing more (else the first step's time would hide a compilation). A fresh process, so no

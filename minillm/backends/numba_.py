@@ -52,6 +52,7 @@ from typing import Any
 import numpy as np
 
 from .. import kinds as K
+from ..nn.gpt import BLOCK_WEIGHTS
 from .numpy_ import NumpyBackend, WeightCache, keys_in_use
 
 
@@ -911,6 +912,134 @@ def attention_cache(q, k, v, S, y):  # pragma: no cover - compiled
 
 
 # ------------------------------------------------------------------------------------------
+# A transformer block in one compiled call. Decoding a token runs about a hundred kernels, and
+# between them runs Python: the forward's reshapes and residual adds, each wrapper's checks, and
+# Numba's dispatch of each call (typing its arguments) — about 25 us per GPT-2 block here, a
+# tenth of a Q4_0 step. `decode_block` runs the same kernels in the same order from compiled
+# code, so the result is the same to the bit (tested), with one dispatch per block.
+BLOCK_VECTORS = ("ln_1.weight", "ln_1.bias", "attn.c_attn.bias", "attn.c_proj.bias",
+                 "ln_2.weight", "ln_2.bias", "mlp.c_fc.bias", "mlp.c_proj.bias")  # fmt: skip
+
+
+def block_shapes(C: int) -> tuple[list[tuple[int, int]], list[tuple[int]]]:
+    """For width C: (in, out) of a block's four products (`BLOCK_WEIGHTS`) and the shapes of its
+    `BLOCK_VECTORS`."""
+    vectors = {"attn.c_attn.bias": (3 * C,), "mlp.c_fc.bias": (4 * C,)}  # the others: (C,)
+    return [(C, 3 * C), (C, C), (C, 4 * C), (4 * C, C)], [vectors.get(n, (C,)) for n in BLOCK_VECTORS]
+
+
+def block_args(w: Any, shape: tuple[int, int]) -> tuple | None:
+    """A kernel form of an (in, out) = `shape` weight as the tuple of arrays `block_linear`
+    takes, or None if `decode_block` does not take it (the forward then runs that block kernel
+    by kernel): float32 output-major rows, tiles without zero points and Q4_0 tiles with float16
+    scale bits, all C-contiguous and of that shape."""
+    if isinstance(w, np.ndarray) and w.ndim == 2 and w.T.flags.c_contiguous:
+        w = RowsDense(w.T)  # an output-major (in, out) array is its (out, in) rows
+    if isinstance(w, RowsDense) and w.w.dtype == np.float32 and w.w.ndim == 2:
+        arrays: tuple = (w.w,)
+    elif isinstance(w, TilesInt) and w.zero is None:
+        arrays = (w.q, w.scale)
+    elif isinstance(w, TilesQ4_0) and w.d.dtype == np.uint16:
+        arrays = (w.words, w.d)
+    else:
+        return None
+    fits = _rows_shape(w) == shape[::-1] and all(a.flags.c_contiguous for a in arrays)
+    return arrays if fits else None
+
+
+def block_linear(x: np.ndarray, w: tuple, bias: np.ndarray, y: np.ndarray, vnni: bool) -> None:
+    """$y = xW + b$ for W as `block_args` gives it: the kernel `NumbaBackend.linear` would pick
+    for the same form. Compiled code calls the `@overload` below, which picks by the tuple's
+    types (one array: dense rows; uint32 words: Q4_0; int8 codes: tiles) when it compiles."""
+    if len(w) == 1:
+        matmul_rows(x, w[0], bias, y)
+    elif w[0].dtype == np.uint32:
+        (matmul_q4_0_vnni if vnni else matmul_q4_0)(x, w[0], w[1], bias, y)
+    else:
+        matmul_tiles(x, w[0], w[1], bias, y)
+
+
+@overload(block_linear)
+def _block_linear(x, w, bias, y, vnni):  # pragma: no cover - compiled
+    if len(w) == 1:
+        def dense(x, w, bias, y, vnni):
+            matmul_rows(x, w[0], bias, y)
+
+        return dense
+    if w[0].dtype == types.uint32:
+        if not HAS_VNNI:  # vpdpbusd would not compile for this CPU
+            def q4_0(x, w, bias, y, vnni):
+                matmul_q4_0(x, w[0], w[1], bias, y)
+
+            return q4_0
+
+        def q4_0_either(x, w, bias, y, vnni):
+            if vnni:
+                matmul_q4_0_vnni(x, w[0], w[1], bias, y)
+            else:
+                matmul_q4_0(x, w[0], w[1], bias, y)
+
+        return q4_0_either
+
+    def tiles(x, w, bias, y, vnni):
+        matmul_tiles(x, w[0], w[1], bias, y)
+
+    return tiles
+
+
+@njit(cache=True)
+def decode_block(x, ln1_w, ln1_b, w_attn, b_attn, w_proj, b_proj, ln2_w, ln2_b, w_fc, b_fc, w_mlp, b_mlp,
+                 eps, k, v, pos0, B, T, H, vnni):  # pragma: no cover - compiled  # fmt: skip
+    """One block of `minillm.nn.gpt.forward` for x (B*T, C): the newest T positions of B
+    sequences, after pos0 cached ones. k, v (B, H, size, D) are the block's layer of the KV
+    cache, written in place. Returns $x + \\text{attn}(\\text{ln}_1(x))$ plus the MLP of its
+    $\\text{ln}_2$: the kernels `NumbaBackend`'s methods call, in the same order, with the
+    forward's reshapes as copy loops."""
+    N, C = x.shape
+    D = C // H
+    h = np.empty((N, C), np.float32)
+    if N == 1:  # as `NumbaBackend.layer_norm` chooses
+        layer_norm_row(x[0], ln1_w, ln1_b, eps, h[0])
+    else:
+        layer_norm_rows(x, ln1_w, ln1_b, eps, h)
+    qkv = np.empty((N, 3 * C), np.float32)
+    block_linear(h, w_attn, b_attn, qkv, vnni)
+    q = np.empty((B, H, T, D), np.float32)
+    for b in range(B):  # (B*T, 3C) -> q (B, H, T, D), and k, v into the cache at pos0..
+        for t in range(T):
+            for hh in range(H):
+                for e in range(D):
+                    q[b, hh, t, e] = qkv[b * T + t, hh * D + e]
+                    k[b, hh, pos0 + t, e] = qkv[b * T + t, C + hh * D + e]
+                    v[b, hh, pos0 + t, e] = qkv[b * T + t, 2 * C + hh * D + e]
+    y = np.empty((B, H, T, D), np.float32)
+    attention_cache(q, k, v, pos0 + T, y)
+    heads = np.empty((N, C), np.float32)
+    for b in range(B):  # (B, H, T, D) -> (B*T, C)
+        for t in range(T):
+            for hh in range(H):
+                for e in range(D):
+                    heads[b * T + t, hh * D + e] = y[b, hh, t, e]
+    out = np.empty((N, C), np.float32)
+    block_linear(heads, w_proj, b_proj, out, vnni)
+    x = x + out
+    if N == 1:
+        layer_norm_row(x[0], ln2_w, ln2_b, eps, h[0])
+    else:
+        layer_norm_rows(x, ln2_w, ln2_b, eps, h)
+    f = np.empty((N, 4 * C), np.float32)
+    block_linear(h, w_fc, b_fc, f, vnni)
+    g = np.empty((N, 4 * C), np.float32)
+    if N == 1:  # as `NumbaBackend.gelu` chooses
+        gelu_row(f[0], g[0])
+    else:
+        gelu_rows(f, g)
+    block_linear(g, w_mlp, b_mlp, out, vnni)
+    x += out
+    return x
+
+
+# ------------------------------------------------------------------------------------------
 class NumbaBackend(NumpyBackend):
     """Numba-compiled CPU kernels: every product (dense, quantized, sparse) and every row kernel.
 
@@ -931,6 +1060,7 @@ class NumbaBackend(NumpyBackend):
     prefill_rows_nm = 4
     prefill_rows_vnni = 1 << 20
     q4_0_vnni = HAS_VNNI  # Q4_0 by integer dot products where the CPU has them (set False to compare)
+    fused_blocks = True  # decode a block in one compiled call (`decode_block`; False: kernel by kernel)
 
     def __init__(self) -> None:
         self._cache = WeightCache()
@@ -1030,6 +1160,34 @@ class NumbaBackend(NumpyBackend):
         y += bias
         return y
 
+    def block(self, params: dict[str, Any], config: Any, i: int, x: np.ndarray, kv: tuple, pos0: int,
+              B: int, T: int) -> np.ndarray | None:  # fmt: skip
+        """Block i of `minillm.nn.gpt.forward` as one compiled call (`decode_block`): its output
+        for x (B*T, C), with the layer's keys and values written into the cache kv. Or None, and
+        the forward runs the block kernel by kernel (whose checks then report any error): for
+        prefill (from `prefill_rows` rows, where products go to BLAS), weight forms `block_args`
+        does not take, a cache that is not float32, or any shape that does not fit — the
+        compiled block indexes without bounds checks, so every shape is checked here."""
+        C, H = config.n_embd, config.n_head
+        k, v = kv[0][i], kv[1][i]
+        if (not self.fused_blocks or x.shape != (B * T, C) or B * T >= self.prefill_rows or x.dtype != np.float32
+                or k.dtype != np.float32 or v.dtype != np.float32 or k.shape != v.shape
+                or k.shape != (B, H, k.shape[2], C // H) or H * (C // H) != C or not 0 <= pos0 <= k.shape[2] - T
+                or not (k.flags.c_contiguous and v.flags.c_contiguous)):  # fmt: skip
+            return None
+        p = f"h.{i}."
+        weight_shapes, vector_shapes = block_shapes(C)
+        ws = [block_args(self.kernel_weight(params[p + n + ".weight"]), shape)
+              for n, shape in zip(BLOCK_WEIGHTS, weight_shapes, strict=True)]  # fmt: skip
+        vectors = [_f32(params[p + n]) for n in BLOCK_VECTORS]
+        if any(w is None for w in ws) or [a.shape for a in vectors] != vector_shapes:
+            return None
+        ln1_w, ln1_b, b_attn, b_proj, ln2_w, ln2_b, b_fc, b_mlp = vectors
+        w_attn, w_proj, w_fc, w_mlp = ws
+        return decode_block(x, ln1_w, ln1_b, w_attn, b_attn, w_proj, b_proj, ln2_w, ln2_b, w_fc, b_fc,
+                            w_mlp, b_mlp, float(config.layer_norm_epsilon), k, v, pos0, B, T, H,
+                            self.q4_0_vnni)  # fmt: skip
+
     def embed(self, wte: Any, idx: np.ndarray) -> np.ndarray:
         """Token embeddings; for a quantized tied embedding, row $t$ of the head's rows form *is*
         token $t$'s codes, so a lookup dequantizes one row per token."""
@@ -1118,10 +1276,37 @@ class NumbaBackend(NumpyBackend):
         cache = np.zeros((2, 1, 2, 8, 32), np.float32)
         q = rng.standard_normal((1, 2, 4, 32)).astype(np.float32)
         self.attention(q, cache[0], cache[1], n_keys=6)
+        self._compile_blocks(rng)
         self.compile_s = time.perf_counter() - t
         return self.compile_s
 
     warmup = compile
+
+    def _compile_blocks(self, rng: np.random.Generator) -> None:
+        """`decode_block` for each weight form it takes, on a one-layer block of width 64."""
+        from ..config import GPTConfig
+
+        C = 64
+        cfg = GPTConfig(vocab_size=8, block_size=4, n_layer=1, n_head=2, n_embd=C)
+        weight_shapes, vector_shapes = block_shapes(C)
+
+        def codes(i: int, o: int) -> np.ndarray:
+            return rng.integers(-127, 128, (i, o)).astype(np.int8)
+
+        def halves(i: int, o: int) -> np.ndarray:
+            return np.ones((i // 32, o), np.float16)
+
+        kinds = [lambda i, o: np.asfortranarray(rng.standard_normal((i, o)).astype(np.float32)),  # output-major
+                 lambda i, o: K.Int8PerChannel(codes(i, o), np.ones(o, np.float32)),
+                 lambda i, o: K.Q8_0(codes(i, o), halves(i, o)),
+                 lambda i, o: K.Q4_0(rng.integers(0, 256, (i // 2, o)).astype(np.uint8), halves(i, o))]  # fmt: skip
+        x = rng.standard_normal((1, C)).astype(np.float32)
+        kv = (np.zeros((1, 1, 2, 4, C // 2), np.float32), np.zeros((1, 1, 2, 4, C // 2), np.float32))
+        for make in kinds:
+            params = {f"h.0.{n}.weight": make(i, o) for n, (i, o) in zip(BLOCK_WEIGHTS, weight_shapes, strict=True)}
+            params |= {f"h.0.{n}": np.ones(s, np.float32) for n, s in zip(BLOCK_VECTORS, vector_shapes, strict=True)}
+            if self.fused_blocks and self.block(params, cfg, 0, x, kv, 0, 1, 1) is None:
+                raise RuntimeError(f"decode_block did not take {type(params['h.0.mlp.c_fc.weight']).__name__}")
 
     @property
     def threads(self) -> int:

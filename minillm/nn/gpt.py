@@ -158,7 +158,10 @@ def forward(params: dict[str, Any], config: GPTConfig, idx: np.ndarray, cache: K
     The cache is advanced by T positions.
 
     A backend with a ``forward(params, config, idx, k, v, pos0, last_only) -> (logits, k, v)``
-    method (JAX, which compiles this whole loop into one program) computes the step itself.
+    method (JAX, which compiles this whole loop into one program) computes the step itself. One
+    with a ``block(params, config, i, x, kv, pos0, B, T)`` method (Numba) may run block i in one
+    call — the kernels below, in their order, without Python between them — or return None to
+    let this loop run it.
     """
     B, T = idx.shape
     C, H, eps = config.n_embd, config.n_head, config.layer_norm_epsilon
@@ -176,7 +179,11 @@ def forward(params: dict[str, Any], config: GPTConfig, idx: np.ndarray, cache: K
 
     x = backend.embed(params["wte.weight"], backend.asarray(idx)) + params["wpe.weight"][pos0 : pos0 + T]  # (B,T,C)
     x = x.reshape(B * T, C)  # (BT, C): every matmul below is a 2-D product
+    block = getattr(backend, "block", None)  # a backend that runs a whole block in one call (Numba)
     for i in range(config.n_layer):
+        if block is not None and (out := block(params, config, i, x, kv, pos0, B, T)) is not None:
+            x = out  # the same kernels as below, in the same order, without Python between them
+            continue
         p = f"h.{i}."
         h = backend.layer_norm(x, params[p + "ln_1.weight"], params[p + "ln_1.bias"], eps)
         qkv = backend.linear(h, params[p + "attn.c_attn.weight"], params[p + "attn.c_attn.bias"])
