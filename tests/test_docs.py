@@ -178,6 +178,26 @@ def f():
 '''
 
 
+def test_guarantees_page_names_tests_that_exist():
+    """Every test the guarantees page cites is a test function in the file it names (a bare
+    `test_...` after a `tests/...py::` reference is in that same file)."""
+    rows = [line for line in (DOCS / "guarantees.md").read_text(encoding="utf-8").splitlines() if line.startswith("|")]
+    cited = 0
+    for row in rows:
+        path = None
+        for ref in re.findall(r"`([^`]+)`", row.split("|")[-2] if row.count("|") >= 3 else ""):
+            file, _, name = ref.rpartition("::")
+            if file.startswith("tests/"):
+                path = ROOT / file
+            if name.startswith("test_") or ref.startswith("test_"):
+                name = name or ref
+                assert path is not None and path.exists(), f"{ref}: no tests/ file named before it in: {row[:80]}"
+                assert re.search(rf"^def {re.escape(name)}\(", path.read_text(encoding="utf-8"), re.M), (
+                    f"{name} is not a test in {path.relative_to(ROOT)}")
+                cited += 1
+    assert cited > 40
+
+
 def test_annotate_splits_notes_from_code():
     annotate = load_hook("annotate")
     doc, sections = annotate.split(SAMPLE)

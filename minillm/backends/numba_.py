@@ -27,7 +27,8 @@ one to normalise), GELU, and attention over the KV cache (one task per (batch, h
 scores, softmax and the weighted sum of values without materialising the score matrix). GELU
 and attention's softmax use `exp_in_place`, an exponential written out so that it vectorizes
 (`np.exp` is one C-library call per element). Float16 scales are widened inside the kernels
-(`block_scales`), so the tiles keep their 2 bytes.
+(`block_scales`), so the tiles keep their 2 bytes. And a whole transformer block runs as one
+compiled call (`decode_block`): the same kernels, with no Python between them.
 
 Dense float32 and low-rank products have kernels here too — not to beat BLAS, but because a
 BLAS call between these kernels costs more than it saves: both thread pools spin and fight for
@@ -914,7 +915,7 @@ def attention_cache(q, k, v, S, y):  # pragma: no cover - compiled
 # ------------------------------------------------------------------------------------------
 # A transformer block in one compiled call. Decoding a token runs about a hundred kernels, and
 # between them runs Python: the forward's reshapes and residual adds, each wrapper's checks, and
-# Numba's dispatch of each call (typing its arguments) — about 25 us per GPT-2 block here, a
+# Numba's dispatch of each call (typing its arguments) — 20-25 us per GPT-2 block here, about a
 # tenth of a Q4_0 step. `decode_block` runs the same kernels in the same order from compiled
 # code, so the result is the same to the bit (tested), with one dispatch per block.
 BLOCK_VECTORS = ("ln_1.weight", "ln_1.bias", "attn.c_attn.bias", "attn.c_proj.bias",
