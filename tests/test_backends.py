@@ -496,7 +496,8 @@ def test_numba_q4_0_by_integer_dot_products():
     rounding to $S m$ ($\le S$ per input: half a step, plus float32's rounding of $x_i / S$;
     times $\sum_i |w_i|$) and a few float32 roundings;
     the float kernel by the usual float32 bound. Rows include a large outlier and all zeros; a
-    row with an inf or a nan gives nan."""
+    row scaled by a power of two gives the product scaled by it, bit for bit, down to rows of
+    1e-33 (where $1/S$ would overflow float32); a row with an inf or a nan gives nan."""
     get_backend("numba")
     from minillm.backends import numba_ as nb_mod
 
@@ -524,6 +525,10 @@ def test_numba_q4_0_by_integer_dot_products():
         float_bound = (n + 4) * EPS32 * (np.abs(xs) @ M + np.abs(b)) + 1e-30
         assert np.all(np.abs(vnni.linear(xs, kind, b) - exact) <= S * np.abs(W).sum(0) + float_bound)
         assert np.all(np.abs(floats.linear(xs, kind, b) - exact) <= float_bound)
+    kind = quantize_weight((RNG.standard_normal((96, 70)) * 0.1).astype(np.float32), "q4_0")
+    for power in (-110, -60, 60):  # S scales with the row exactly, even where 1/S overflows float32
+        scaled = vnni.linear(x * np.float32(2.0**power), kind, None)
+        np.testing.assert_array_equal(scaled, vnni.linear(x, kind, None) * np.float32(2.0**power))
     bad = x.copy()
     bad[0, 3], bad[1, 5] = np.nan, np.inf  # no digits for these rows: nan out, not made-up numbers
     got = vnni.linear(bad, quantize_weight((RNG.standard_normal((96, 70)) * 0.1).astype(np.float32), "q4_0"), None)

@@ -621,8 +621,10 @@ def x_digits(x, mx, xw, dsum):  # pragma: no cover - compiled
     mx is $\\max_i |x_i|$ (`abs_max_bits`), xw (3, 2, in/8) int32 gets the digits of even and odd
     inputs four to a word, dsum (3, in/32) each block's digit sums."""
     n_in = x.shape[0]
-    inv = np.float32(DIGITS_MAX / mx) if mx > 0 else np.float32(1.0)
-    limit = np.float32(DIGITS_MAX)
+    # In float64: DIGITS_MAX / mx overflows float32 for rows below 2.5e-32, and S would lose
+    # precision below 1e-31 (subnormal); float64 keeps both exact to its precision for any row.
+    inv = DIGITS_MAX / np.float64(mx) if mx > 0 else 1.0
+    limit = np.float64(DIGITS_MAX)
     digits = xw.view(np.int8).reshape(3, 2, n_in // 2)  # digit k of input 2j + h at [k, h, j]
     for b in range(n_in // 32):
         s0, s1, s2 = 0, 0, 0
@@ -636,7 +638,7 @@ def x_digits(x, mx, xw, dsum):  # pragma: no cover - compiled
                 digits[0, h, j], digits[1, h, j], digits[2, h, j] = d0, d1, d2
                 s0, s1, s2 = s0 + d0, s1 + d1, s2 + d2
         dsum[0, b], dsum[1, b], dsum[2, b] = s0, s1, s2
-    return 1.0 / np.float64(inv)
+    return 1.0 / inv
 
 
 INF_BITS = 0x7F800000  # float32 +inf; nan's bits (sign cleared) are larger
@@ -669,7 +671,7 @@ def matmul_q4_0_vnni(x, words, d, bias, y):  # pragma: no cover - compiled
     n_out = y.shape[1]
     xw = np.empty((N, 3, 2, n_in // 8), np.int32)
     dsum = np.empty((N, 3, n_in // 32), np.int32)
-    S = np.empty(N, np.float32)
+    S = np.empty(N, np.float64)  # y = S out in float64, rounded once: exact scaling for any row
     top = np.empty(N, np.int32)  # the bits of max|x| per row, read as float32 below
     finite = np.empty(N, np.bool_)
     for r in range(N):
