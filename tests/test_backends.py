@@ -467,6 +467,28 @@ def test_numba_exp_is_as_close_as_its_float32_argument_allows():
     assert ends.tolist() == [2.0**-126, 2.0**-126, 2.0**60, 2.0**60]
 
 
+def test_numba_prefetch_is_only_a_hint():
+    """`prefetch` (LLVM's `llvm.prefetch`, which the tile kernels issue `PREFETCH_BYTES` ahead of
+    their reads) changes no value and never faults, even far past the end of an array — which
+    the kernels rely on at their last tile. Were it compiled to a load, this would crash."""
+    get_backend("numba")
+    from numba import njit
+
+    from minillm.backends import numba_ as nb_mod
+
+    @njit
+    def touch(a, past):
+        for i in range(a.size + past):
+            nb_mod.prefetch(a, i)
+        return a.sum()
+
+    arrays = (np.arange(100, dtype=np.int8), np.arange(12, dtype=np.float32).reshape(3, 4), np.ones((2, 3, 64), "u4"))
+    for a in arrays:
+        before = a.copy()
+        assert touch(a, 1 << 20) == before.sum()  # a million elements past the end
+        np.testing.assert_array_equal(a, before)
+
+
 def test_numba_abs_max_from_the_bits():
     """`abs_max_bits` (the row's largest magnitude for the VNNI kernel's scale, by an integer max
     over the bits) against NumPy's `abs().max()`, on rows with -0, subnormals, huge values and
