@@ -20,7 +20,9 @@ each block's sums are scaled once, at its end. (A dot product per output, over a
 row, would reduce across SIMD lanes at every block or multiply every code by its block's scale,
 as this backend's earlier row kernels did.) Q4_0's tiles pack eight inputs into a 32-bit word,
 laid out to unpack with one AND per code and no shifts. Dense float32 weights stay output-major
-rows, one dot product per output: they have no blocks.
+rows, one dot product per output: they have no blocks. The tile kernels spend many instructions
+per byte, so they ask for their codes 8 KB ahead (`prefetch`): otherwise too few bytes are in
+flight to keep memory busy.
 
 Everything else decoding needs is fused too: layer norm (one pass per row for the statistics,
 one to normalise), GELU, and attention over the KV cache (one task per (batch, head, query):
