@@ -707,6 +707,46 @@ def test_numba_block_checks_every_shape_before_compiled_code(small_model):
     assert be.block(params, narrow, 0, x[:, :32], (narrow_cache.k, narrow_cache.v), 0, 1, 1) is None
 
 
+def test_numba_block_arguments_are_kept_until_the_params_change(small_model):
+    """`prepare` returns a `PreparedParams`, which keeps each block's `decode_block` arguments
+    after the first step; any change to an entry forgets them, and a change made in place to a
+    kept array is seen (the kept arrays are the params' own). Each case against the forward run
+    kernel by kernel on the same params, to the bit. A vector that had to be converted to float32
+    is never kept (a change to the original would not reach the copy)."""
+    get_backend("numba")
+    from minillm.backends import numba_ as nb_mod
+
+    fused, plain = nb_mod.NumbaBackend(), nb_mod.NumbaBackend()
+    plain.fused_blocks = False
+    params = fused.prepare(small_model.params)
+    assert isinstance(params, nb_mod.PreparedParams)
+    idx = np.array([[3, 1, 4, 1, 5]])
+
+    def agree() -> None:
+        want = forward(params, SMALL, idx, KVCache.allocate(SMALL, 1, plain), plain)
+        np.testing.assert_array_equal(forward(params, SMALL, idx, KVCache.allocate(SMALL, 1, fused), fused), want)
+
+    agree()
+    assert len(params.block_args) == SMALL.n_layer
+    params["h.0.attn.c_proj.bias"] = params["h.0.attn.c_proj.bias"] + np.float32(0.5)  # a new array
+    assert not params.block_args
+    agree()
+    params["h.1.ln_1.bias"][:] += np.float32(0.25)  # in place, into a kept array
+    agree()
+    for change in (lambda d: d.update(x=1), lambda d: d.setdefault("y", 2), lambda d: d.pop("x"),
+                   lambda d: d.__delitem__("y"), lambda d: d.__ior__({"z": 3}), lambda d: d.popitem()):  # fmt: skip
+        agree()
+        assert params.block_args
+        change(params)
+        assert not params.block_args
+    agree()
+    params["h.0.ln_2.weight"] = params["h.0.ln_2.weight"].astype(np.float64)  # converted at each call
+    agree()
+    assert (0, SMALL.n_embd, SMALL.layer_norm_epsilon) not in params.block_args
+    params.clear()
+    assert not params.block_args
+
+
 def test_numba_compile_covers_what_decoding_runs():
     """After `NumbaBackend.compile()`, prefill and decoding with every quantized format compile
     nothing more (else the first step's time would hide a compilation). A fresh process, so no

@@ -1088,6 +1088,49 @@ def decode_block(x, ln1_w, ln1_b, w_attn, b_attn, w_proj, b_proj, ln2_w, ln2_b, 
     return x
 
 
+class PreparedParams(dict):
+    """The params `NumbaBackend.prepare` returns: the same dict, which also keeps, per block,
+    the arguments `block` assembles for `decode_block` (checking, converting and collecting
+    twelve arrays is Python that cost about 15 us per block in a decode step, where it runs
+    cold between streaming products). Setting, deleting or updating any entry forgets them."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.block_args: dict[tuple, tuple | None] = {}
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self.block_args.clear()
+        super().__setitem__(key, value)
+
+    def __delitem__(self, key: Any) -> None:
+        self.block_args.clear()
+        super().__delitem__(key)
+
+    def __ior__(self, other: Any) -> PreparedParams:
+        self.block_args.clear()
+        return super().__ior__(other)
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        self.block_args.clear()
+        super().update(*args, **kwargs)
+
+    def setdefault(self, key: Any, default: Any = None) -> Any:
+        self.block_args.clear()
+        return super().setdefault(key, default)
+
+    def pop(self, *args: Any) -> Any:
+        self.block_args.clear()
+        return super().pop(*args)
+
+    def popitem(self) -> tuple[Any, Any]:
+        self.block_args.clear()
+        return super().popitem()
+
+    def clear(self) -> None:
+        self.block_args.clear()
+        super().clear()
+
+
 # ------------------------------------------------------------------------------------------
 class NumbaBackend(NumpyBackend):
     """Numba-compiled CPU kernels: every product (dense, quantized, sparse) and every row kernel.
@@ -1115,13 +1158,14 @@ class NumbaBackend(NumpyBackend):
         self._cache = WeightCache()
         self.compile_s: float | None = None
 
-    def prepare(self, params: dict[str, Any]) -> dict[str, Any]:
-        """Params with every weight kind in this backend's kernel form (see `rows_form`).
+    def prepare(self, params: dict[str, Any]) -> PreparedParams:
+        """Params with every weight kind in this backend's kernel form (see `rows_form`), as a
+        `PreparedParams`, which also keeps what `block` assembles.
 
         Kinds are converted once per weight object and cached; dense arrays pass through
         untouched: an output-major (in, out) array (`minillm.nn.gpt.output_major`) *is* its
         (out, in) rows, and a row-major one is read in place by `matmul_in_out`."""
-        return {name: self.kernel_weight(w) for name, w in params.items()}
+        return PreparedParams({name: self.kernel_weight(w) for name, w in params.items()})
 
     def kernel_weight(self, w: Any) -> Any:
         """`w` in kernel form: cached, so the second call for the same weight is free."""
@@ -1216,7 +1260,9 @@ class NumbaBackend(NumpyBackend):
         the forward runs the block kernel by kernel (whose checks then report any error): for
         prefill (from `prefill_rows` rows, where products go to BLAS), weight forms `block_args`
         does not take, a cache that is not float32, or any shape that does not fit — the
-        compiled block indexes without bounds checks, so every shape is checked here."""
+        compiled block indexes without bounds checks, so every shape is checked here. The
+        block's weights and vectors are assembled once per `PreparedParams` (what `prepare`
+        returns); x, the cache and the positions are checked at every call."""
         C, H = config.n_embd, config.n_head
         k, v = kv[0][i], kv[1][i]
         if (not self.fused_blocks or x.shape != (B * T, C) or B * T >= self.prefill_rows or x.dtype != np.float32
@@ -1224,18 +1270,32 @@ class NumbaBackend(NumpyBackend):
                 or k.shape != (B, H, k.shape[2], C // H) or H * (C // H) != C or not 0 <= pos0 <= k.shape[2] - T
                 or not (k.flags.c_contiguous and v.flags.c_contiguous)):  # fmt: skip
             return None
+        key = (i, C, float(config.layer_norm_epsilon))
+        kept = params.block_args if isinstance(params, PreparedParams) else {}
+        if key in kept:
+            args = kept[key]
+        else:
+            args, keep = self._block_args(params, i, C, key[2])
+            if keep:
+                kept[key] = args
+        return None if args is None else decode_block(x, *args, k, v, pos0, B, T, H, self.q4_0_vnni)
+
+    def _block_args(self, params: dict[str, Any], i: int, C: int, eps: float) -> tuple[tuple | None, bool]:
+        """`decode_block`'s arguments for block i's weights and vectors (None if it does not take
+        them), and whether they may be kept: not if a vector had to be copied to float32, as a
+        later change to the original would not reach the copy."""
         p = f"h.{i}."
         weight_shapes, vector_shapes = block_shapes(C)
         ws = [block_args(self.kernel_weight(params[p + n + ".weight"]), shape)
               for n, shape in zip(BLOCK_WEIGHTS, weight_shapes, strict=True)]  # fmt: skip
-        vectors = [_f32(params[p + n]) for n in BLOCK_VECTORS]
+        given = [params[p + n] for n in BLOCK_VECTORS]
+        vectors = [_f32(a) for a in given]
         if any(w is None for w in ws) or [a.shape for a in vectors] != vector_shapes:
-            return None
+            return None, True
         ln1_w, ln1_b, b_attn, b_proj, ln2_w, ln2_b, b_fc, b_mlp = vectors
         w_attn, w_proj, w_fc, w_mlp = ws
-        return decode_block(x, ln1_w, ln1_b, w_attn, b_attn, w_proj, b_proj, ln2_w, ln2_b, w_fc, b_fc,
-                            w_mlp, b_mlp, float(config.layer_norm_epsilon), k, v, pos0, B, T, H,
-                            self.q4_0_vnni)  # fmt: skip
+        args = (ln1_w, ln1_b, w_attn, b_attn, w_proj, b_proj, ln2_w, ln2_b, w_fc, b_fc, w_mlp, b_mlp, eps)
+        return args, all(a is b for a, b in zip(vectors, given, strict=True))
 
     def embed(self, wte: Any, idx: np.ndarray) -> np.ndarray:
         """Token embeddings; for a quantized tied embedding, row $t$ of the head's rows form *is*
