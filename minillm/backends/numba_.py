@@ -55,7 +55,7 @@ from typing import Any
 import numpy as np
 
 from .. import kinds as K
-from ..nn.gpt import BLOCK_WEIGHTS
+from ..nn.gpt import MATMUL_WEIGHTS, block_param_shapes
 from .numpy_ import NumpyBackend, WeightCache, keys_in_use
 
 
@@ -845,6 +845,16 @@ def layer_norm_rows(x, w, b, eps, y):  # pragma: no cover - compiled
         layer_norm_row(x[r], w, b, eps, y[r])
 
 
+@njit(cache=True)
+def layer_norm_2d(x, w, b, eps, y):  # pragma: no cover - compiled
+    """Layer norm of x (N, C) into y: one row (decoding one sequence) serially, where a
+    parallel loop would cost more than the row; several in parallel."""
+    if x.shape[0] == 1:
+        layer_norm_row(x[0], w, b, eps, y[0])
+    else:
+        layer_norm_rows(x, w, b, eps, y)
+
+
 # e^x without a C-library call. `np.exp` compiles to one call of libm's `expf` per element:
 # without Intel's SVML (not installed here) LLVM has no SIMD version of it. Written out, it is a
 # few multiply-adds that vectorize: $e^x = 2^t$ with $t = x \log_2 e$, split as $t = n + f$,
@@ -899,6 +909,15 @@ def gelu_rows(x, y):  # pragma: no cover - compiled
     """`gelu_row` for every row, rows in parallel."""
     for r in prange(x.shape[0]):
         gelu_row(x[r], y[r])
+
+
+@njit(cache=True)
+def gelu_2d(x, y):  # pragma: no cover - compiled
+    """GELU of x (N, C) into y: one row serially, several rows in parallel (as `layer_norm_2d`)."""
+    if x.shape[0] == 1:
+        gelu_row(x[0], y[0])
+    else:
+        gelu_rows(x, y)
 
 
 @njit(**JIT)
@@ -966,15 +985,8 @@ def attention_cache(q, k, v, S, y):  # pragma: no cover - compiled
 # Numba's dispatch of each call (typing its arguments) — 20-25 us per GPT-2 block here, about a
 # tenth of a Q4_0 step. `decode_block` runs the same kernels in the same order from compiled
 # code, so the result is the same to the bit (tested), with one dispatch per block.
-BLOCK_VECTORS = ("ln_1.weight", "ln_1.bias", "attn.c_attn.bias", "attn.c_proj.bias",
-                 "ln_2.weight", "ln_2.bias", "mlp.c_fc.bias", "mlp.c_proj.bias")  # fmt: skip
-
-
-def block_shapes(C: int) -> tuple[list[tuple[int, int]], list[tuple[int]]]:
-    """For width C: (in, out) of a block's four products (`BLOCK_WEIGHTS`) and the shapes of its
-    `BLOCK_VECTORS`."""
-    vectors = {"attn.c_attn.bias": (3 * C,), "mlp.c_fc.bias": (4 * C,)}  # the others: (C,)
-    return [(C, 3 * C), (C, C), (C, 4 * C), (4 * C, C)], [vectors.get(n, (C,)) for n in BLOCK_VECTORS]
+# A block's parameters other than its four products (`MATMUL_WEIGHTS`): layer norms and biases.
+BLOCK_VECTORS = tuple(name for name in block_param_shapes(1) if name not in MATMUL_WEIGHTS)
 
 
 def block_args(w: Any, shape: tuple[int, int]) -> tuple | None:
@@ -1047,10 +1059,7 @@ def decode_block(x, ln1_w, ln1_b, w_attn, b_attn, w_proj, b_proj, ln2_w, ln2_b, 
     N, C = x.shape
     D = C // H
     h = np.empty((N, C), np.float32)
-    if N == 1:  # as `NumbaBackend.layer_norm` chooses
-        layer_norm_row(x[0], ln1_w, ln1_b, eps, h[0])
-    else:
-        layer_norm_rows(x, ln1_w, ln1_b, eps, h)
+    layer_norm_2d(x, ln1_w, ln1_b, eps, h)
     qkv = np.empty((N, 3 * C), np.float32)
     block_linear(h, w_attn, b_attn, qkv, vnni)
     q = np.empty((B, H, T, D), np.float32)
@@ -1072,17 +1081,11 @@ def decode_block(x, ln1_w, ln1_b, w_attn, b_attn, w_proj, b_proj, ln2_w, ln2_b, 
     out = np.empty((N, C), np.float32)
     block_linear(heads, w_proj, b_proj, out, vnni)
     x = x + out
-    if N == 1:
-        layer_norm_row(x[0], ln2_w, ln2_b, eps, h[0])
-    else:
-        layer_norm_rows(x, ln2_w, ln2_b, eps, h)
+    layer_norm_2d(x, ln2_w, ln2_b, eps, h)
     f = np.empty((N, 4 * C), np.float32)
     block_linear(h, w_fc, b_fc, f, vnni)
     g = np.empty((N, 4 * C), np.float32)
-    if N == 1:  # as `NumbaBackend.gelu` chooses
-        gelu_row(f[0], g[0])
-    else:
-        gelu_rows(f, g)
+    gelu_2d(f, g)
     block_linear(g, w_mlp, b_mlp, out, vnni)
     x += out
     return x
@@ -1284,13 +1287,11 @@ class NumbaBackend(NumpyBackend):
         """`decode_block`'s arguments for block i's weights and vectors (None if it does not take
         them), and whether they may be kept: not if a vector had to be copied to float32, as a
         later change to the original would not reach the copy."""
-        p = f"h.{i}."
-        weight_shapes, vector_shapes = block_shapes(C)
-        ws = [block_args(self.kernel_weight(params[p + n + ".weight"]), shape)
-              for n, shape in zip(BLOCK_WEIGHTS, weight_shapes, strict=True)]  # fmt: skip
+        p, shapes = f"h.{i}.", block_param_shapes(C)
+        ws = [block_args(self.kernel_weight(params[p + n]), shapes[n]) for n in MATMUL_WEIGHTS]
         given = [params[p + n] for n in BLOCK_VECTORS]
         vectors = [_f32(a) for a in given]
-        if any(w is None for w in ws) or [a.shape for a in vectors] != vector_shapes:
+        if any(w is None for w in ws) or [a.shape for a in vectors] != [shapes[n] for n in BLOCK_VECTORS]:
             return None, True
         ln1_w, ln1_b, b_attn, b_proj, ln2_w, ln2_b, b_fc, b_mlp = vectors
         w_attn, w_proj, w_fc, w_mlp = ws
@@ -1318,19 +1319,13 @@ class NumbaBackend(NumpyBackend):
     def layer_norm(self, x: np.ndarray, w: np.ndarray, b: np.ndarray, eps: float) -> np.ndarray:
         x2 = _f32(x).reshape(-1, x.shape[-1])
         y = np.empty_like(x2)
-        if x2.shape[0] == 1:  # decoding one sequence: a parallel loop would cost more than the row
-            layer_norm_row(x2[0], _f32(w), _f32(b), float(eps), y[0])
-        else:
-            layer_norm_rows(x2, _f32(w), _f32(b), float(eps), y)
+        layer_norm_2d(x2, _f32(w), _f32(b), float(eps), y)
         return y.reshape(x.shape)
 
     def gelu(self, x: np.ndarray) -> np.ndarray:
         x2 = _f32(x).reshape(-1, x.shape[-1] if x.ndim and x.shape[-1] else 1)
         y = np.empty_like(x2)
-        if x2.shape[0] == 1:  # decoding one sequence: a parallel loop would cost more than the row
-            gelu_row(x2[0], y[0])
-        else:
-            gelu_rows(x2, y)
+        gelu_2d(x2, y)
         return y.reshape(x.shape)
 
     def softmax(self, x: np.ndarray) -> np.ndarray:
@@ -1397,7 +1392,6 @@ class NumbaBackend(NumpyBackend):
 
         C = 64
         cfg = GPTConfig(vocab_size=8, block_size=4, n_layer=1, n_head=2, n_embd=C)
-        weight_shapes, vector_shapes = block_shapes(C)
 
         def codes(i: int, o: int) -> np.ndarray:
             return rng.integers(-127, 128, (i, o)).astype(np.int8)
@@ -1412,8 +1406,8 @@ class NumbaBackend(NumpyBackend):
         x = rng.standard_normal((1, C)).astype(np.float32)
         kv = (np.zeros((1, 1, 2, 4, C // 2), np.float32), np.zeros((1, 1, 2, 4, C // 2), np.float32))
         for make in kinds:
-            params = {f"h.0.{n}.weight": make(i, o) for n, (i, o) in zip(BLOCK_WEIGHTS, weight_shapes, strict=True)}
-            params |= {f"h.0.{n}": np.ones(s, np.float32) for n, s in zip(BLOCK_VECTORS, vector_shapes, strict=True)}
+            params = {f"h.0.{n}": make(*shape) if n in MATMUL_WEIGHTS else np.ones(shape, np.float32)
+                      for n, shape in block_param_shapes(C).items()}  # fmt: skip
             if self.fused_blocks and self.block(params, cfg, 0, x, kv, 0, 1, 1) is None:
                 raise RuntimeError(f"decode_block did not take {type(params['h.0.mlp.c_fc.weight']).__name__}")
 

@@ -37,20 +37,25 @@ from . import functional as F
 BLOCK_WEIGHTS = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
 
 
+def block_param_shapes(C: int) -> dict[str, tuple[int, ...]]:
+    """One block's parameters for width C: names (after the block's "h.{i}." prefix) and
+    shapes, in Hugging Face GPT-2 order."""
+    return {
+        "ln_1.weight": (C,), "ln_1.bias": (C,),
+        "attn.c_attn.weight": (C, 3 * C), "attn.c_attn.bias": (3 * C,),
+        "attn.c_proj.weight": (C, C), "attn.c_proj.bias": (C,),
+        "ln_2.weight": (C,), "ln_2.bias": (C,),
+        "mlp.c_fc.weight": (C, 4 * C), "mlp.c_fc.bias": (4 * C,),
+        "mlp.c_proj.weight": (4 * C, C), "mlp.c_proj.bias": (C,),
+    }  # fmt: skip
+
+
 def param_shapes(config: GPTConfig) -> dict[str, tuple[int, ...]]:
     """Every parameter's name and shape, in Hugging Face GPT-2 order."""
     V, T, C = config.vocab_size, config.block_size, config.n_embd
     shapes: dict[str, tuple[int, ...]] = {"wte.weight": (V, C), "wpe.weight": (T, C)}
     for i in range(config.n_layer):
-        p = f"h.{i}."
-        shapes |= {
-            p + "ln_1.weight": (C,), p + "ln_1.bias": (C,),
-            p + "attn.c_attn.weight": (C, 3 * C), p + "attn.c_attn.bias": (3 * C,),
-            p + "attn.c_proj.weight": (C, C), p + "attn.c_proj.bias": (C,),
-            p + "ln_2.weight": (C,), p + "ln_2.bias": (C,),
-            p + "mlp.c_fc.weight": (C, 4 * C), p + "mlp.c_fc.bias": (4 * C,),
-            p + "mlp.c_proj.weight": (4 * C, C), p + "mlp.c_proj.bias": (C,),
-        }  # fmt: skip
+        shapes |= {f"h.{i}.{name}": shape for name, shape in block_param_shapes(C).items()}
     shapes |= {"ln_f.weight": (C,), "ln_f.bias": (C,)}
     return shapes
 
