@@ -470,7 +470,8 @@ def test_numba_exp_is_as_close_as_its_float32_argument_allows():
 def test_numba_prefetch_is_only_a_hint():
     """`prefetch` (LLVM's `llvm.prefetch`, which the tile kernels issue `PREFETCH_BYTES` ahead of
     their reads) changes no value and never faults, even far past the end of an array — which
-    the kernels rely on at their last tile. Were it compiled to a load, this would crash."""
+    the kernels rely on at their last tile, and attention past the last head's keys. Were it
+    compiled to a load, this would crash."""
     get_backend("numba")
     from numba import njit
 
