@@ -354,6 +354,13 @@ def prefetch(typingctx, arr, index):  # pragma: no cover - compiled
     return sig, codegen
 
 
+@njit(inline="always")
+def prefetch_lines(arr, first, n):  # pragma: no cover - compiled
+    """`prefetch` every 64-byte cache line of elements first .. first + n - 1 of `arr`."""
+    for i in range(first, first + n, 64 // arr.itemsize):
+        prefetch(arr, i)
+
+
 def call_prefetch(builder: Any, address: Any) -> None:
     """Emit `llvm.prefetch(address, read, keep in all cache levels, data)`."""
     i32 = ir.IntType(32)
@@ -963,13 +970,10 @@ def attention_cache(q, k, v, S, y):  # pragma: no cover - compiled
         t = task % T
         n_keys = S - T + t + 1
         s = scores[task]
-        for j in range(min(KEYS_AHEAD, n_keys)):  # the first keys, which nothing prefetched
-            for e in range(0, D, 16):
-                prefetch(k[b, h], j * D + e)
+        prefetch_lines(k[b, h], 0, min(KEYS_AHEAD, n_keys) * D)  # the first keys, which nothing prefetched
         mx = np.float32(-np.inf)
         for j in range(n_keys):
-            for e in range(0, D, 16):  # a key's row KEYS_AHEAD keys on (cache lines of 16 floats)
-                prefetch(k[b, h], (j + KEYS_AHEAD) * D + e)
+            prefetch_lines(k[b, h], (j + KEYS_AHEAD) * D, D)  # the key row KEYS_AHEAD positions on
             acc = np.float32(0.0)
             for e in range(D):
                 acc += q[b, h, t, e] * k[b, h, j, e]
@@ -985,8 +989,7 @@ def attention_cache(q, k, v, S, y):  # pragma: no cover - compiled
         for e in range(D):
             y[b, h, t, e] = 0.0
         for j in range(n_keys):
-            for e in range(0, D, 16):
-                prefetch(v[b, h], (j + KEYS_AHEAD) * D + e)
+            prefetch_lines(v[b, h], (j + KEYS_AHEAD) * D, D)
             wj = s[j] * inv
             for e in range(D):
                 y[b, h, t, e] += wj * v[b, h, j, e]
