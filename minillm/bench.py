@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import platform
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -406,28 +407,35 @@ def bench_suite(rounds: int = 3, peer_python: str | None = None, kv_cache: bool 
     on the GPT-2 shape `bench_products` (the step's products alone); the result keeps every
     round and the median, and the ratios the backends targets are stated in,
     computed per round (a ratio of two numbers measured a few seconds apart) and summarised by
-    their median."""
+    their median. Each entry's bandwidth limit is measured right before it (`bandwidth_probe`):
+    this machine's bandwidth moves between levels within seconds, so a limit measured once per
+    round could belong to another level than the entry it divides. ``timeline`` keeps every
+    entry's limit and achieved GB/s against the seconds since the start (`plot_timeline`)."""
     from tqdm.auto import tqdm
 
     from .config import GPTConfig
-    from .hw.devices import Device, measure_cpu
+    from .hw.devices import Device, bandwidth_probe, measure_cpu
     from .io import load
 
     base = {"gpt2": GPT(GPTConfig.preset("gpt2"), seed=0), "teacher": load("teacher")}
     models = {(name, weights): with_weights(base[name], weights) for name, _, weights in SUITE}
     runs: dict[str, list[dict[str, Any]]] = {f"{m}/{b}/{w}": [] for m, b, w in SUITE}
     peer: list[float] = []
-    machine: list[dict[str, float]] = []  # this CPU's bandwidth and peak, measured in every round
+    machine: list[dict[str, float]] = []  # this CPU's float32 peak (and bandwidth), every round
+    timeline: list[dict[str, Any]] = []
+    probe, start = bandwidth_probe(), time.perf_counter()
     bar = tqdm(total=rounds * (len(SUITE) + (peer_python is not None)), desc="bench suite", disable=not progress)
     for _ in range(rounds):
-        machine.append(measure_cpu())  # the limit of *this* round: the machine's state drifts
-        bandwidth = machine[-1]["mem_bandwidth"] / 1e9
+        machine.append(measure_cpu())
         for name, backend, weights in SUITE:
-            time.sleep(SETTLE_S)
+            t_s, bandwidth = time.perf_counter() - start, probe() / 1e9  # the limit now, for this entry
+            time.sleep(SETTLE_S)  # BLAS's threads spin after the probe (see SETTLE_S)
             res = bench_decode(models[name, weights], backend, 16, 32, repeat=3, bandwidth_gb_s=bandwidth)
             if name == "gpt2":  # the products alone: how much of the step's distance is theirs
                 res |= bench_products(models[name, weights], backend, 31, repeat=3, bandwidth_gb_s=bandwidth)
             runs[f"{name}/{backend}/{weights}"].append(res)
+            timeline.append({"t_s": round(t_s, 1), "entry": f"{name}/{backend}/{weights}",
+                             "limit_gb_s": round(bandwidth, 2), "achieved_gb_s": res["achieved_gb_s"]})  # fmt: skip
             bar.update()
             if peer_python and (name, backend, weights) == ("gpt2", "numpy", "fp32"):
                 peer.append(hf_generate_tok_s(peer_python)["decode_tok_s"])
@@ -442,7 +450,8 @@ def bench_suite(rounds: int = 3, peer_python: str | None = None, kv_cache: bool 
                      "prefill_tok_s": float(np.median([r["prefill_tok_s"] for r in rs])),
                      "bytes_per_token": rs[0]["bytes_per_token"],
                      "median_gb_s": float(np.median([r["achieved_gb_s"] for r in rs])),
-                     "roofline_tok_s": rs[0]["roofline_tok_s"],
+                     "bandwidth_gb_s": [r["bandwidth_gb_s"] for r in rs],  # its limit, each round
+                     "roofline_tok_s": float(np.median([r["roofline_tok_s"] for r in rs])),
                      "roofline_frac": float(np.median([r["roofline_frac"] for r in rs])),
                      "warmup_s": float(np.median([r["warmup_s"] for r in rs]))})  # fmt: skip
         if "products_frac" in rs[0]:
@@ -462,19 +471,51 @@ def bench_suite(rounds: int = 3, peer_python: str | None = None, kv_cache: bool 
               "jax fp32 / numpy fp32 (teacher)": ratio("teacher/jax/fp32", "teacher/numpy/fp32")}  # fmt: skip
     if peer:
         ratios = {"numpy fp32 / transformers generate (gpt2)": ratio("gpt2/numpy/fp32", peer)} | ratios
-    bw = float(np.median([m["mem_bandwidth"] for m in machine]))
+    limits = [e["limit_gb_s"] for e in timeline]
+    bw = float(np.median(limits)) * 1e9
     peak = float(np.median([m["fp32"] for m in machine]))
-    cpu = Device("cpu", "this CPU (median of the rounds)", {"fp32": peak}, bw, None, "measured in bench_suite")
+    cpu = Device("cpu", "this CPU (median of the suite)", {"fp32": peak}, bw, None, "measured in bench_suite")
     result: dict[str, Any] = {"machine": machine_info(), "threads": _thread_info(),
                               "bandwidth_gb_s": round(bw / 1e9, 2), "peak_fp32_gflops": round(peak / 1e9, 1),
-                              "bandwidth_per_round_gb_s": [round(m["mem_bandwidth"] / 1e9, 1) for m in machine],
-                              "rounds": rounds,
-                              "decode": rows, "transformers_tok_s": peer, "ratios": ratios}  # fmt: skip
+                              "bandwidth_range_gb_s": [min(limits), max(limits)], "rounds": rounds,
+                              "decode": rows, "transformers_tok_s": peer, "ratios": ratios,
+                              "timeline": timeline}  # fmt: skip
     if kv_cache:
         result["kv_cache"] = [kv_cache_speedup(base["gpt2"], 16, 256, device=cpu),
                               kv_cache_speedup(base["teacher"], 16, 100, device=cpu)]  # fmt: skip
         result["kv_cache"][0]["model"], result["kv_cache"][1]["model"] = "gpt2", "teacher"
     return result
+
+
+def plot_timeline(result: dict[str, Any], path: str | Path) -> Path:
+    """The suite against time: each GPT-2 entry's achieved GB/s, and the bandwidth limit
+    measured right before it (`bench_suite`'s ``timeline``). Shows what a table of medians
+    hides: how far the limit itself moves during the run, and which formats follow it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    timeline = result["timeline"]
+    gpt2 = [e for e in timeline if e["entry"].startswith("gpt2/")]
+    if not gpt2:
+        raise ValueError("the result has no GPT-2 entries in its timeline")
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    ax.step([e["t_s"] / 60 for e in timeline], [e["limit_gb_s"] for e in timeline], where="post", color="0.5",
+            label="bandwidth limit, measured before each entry (the teacher's too)")  # fmt: skip
+    for entry in dict.fromkeys(e["entry"] for e in gpt2):
+        pts = [(e["t_s"] / 60, e["achieved_gb_s"]) for e in gpt2 if e["entry"] == entry]
+        ax.plot(*zip(*pts, strict=True), "o", ms=4, label=entry.removeprefix("gpt2/"))
+    ax.set_xlabel("minutes since the suite started")
+    ax.set_ylabel("GB/s")
+    ax.set_ylim(bottom=0)
+    ax.set_title("GPT-2 decode: achieved bandwidth against the limit at that moment")
+    ax.legend(fontsize=8, ncol=2, loc="lower right")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
 
 
 def _thread_info() -> dict[str, Any]:

@@ -182,11 +182,12 @@ def cmd_bench(a: argparse.Namespace) -> int:
 
     backends.get(a.backend)  # an unknown or unavailable backend fails before any work
     if a.suite:
-        from .bench import bench_suite
+        from .bench import bench_suite, plot_timeline
 
         res = bench_suite(rounds=a.repeat, peer_python=a.peer_python)
         print(json.dumps(res["ratios"], indent=2))
         _write_json(a.suite, res)
+        print(f"wrote {a.suite} and {plot_timeline(res, Path(a.suite).with_suffix('.png'))}")
         return 0
     if a.train:
         res = bench_train("teacher" if a.model == "gpt2" else a.model, steps=a.repeat + 2)
@@ -330,7 +331,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--kv-cache", action="store_true", help="KV cache vs recomputing the prefix, with the "
                    "FLOP-count prediction")  # fmt: skip
     b.add_argument("--suite", metavar="PATH", help="every backend and format on gpt2 and the teacher, --repeat "
-                   "rounds interleaved, plus the KV-cache speed-ups: JSON to PATH (docs/results/bench.json)")
+                   "rounds interleaved, plus the KV-cache speed-ups: JSON to PATH (docs/results/bench.json) and its "
+                   "timeline plot next to it (.png)")
     b.add_argument("--peer-python", metavar="PYTHON", help="with --suite: an interpreter with torch and "
                    "transformers, to time transformers' generate in the same run")  # fmt: skip
     b.add_argument("--products", action="store_true", help="also time the step's matrix products alone "

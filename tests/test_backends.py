@@ -436,6 +436,63 @@ def test_bench_products_times_every_block_product_and_the_head(be, small_model):
 
 
 
+def test_bench_suite_divides_each_entry_by_the_limit_measured_just_before_it(monkeypatch, tmp_path):
+    """The suite measures the bandwidth before every entry and gives that entry that limit:
+    here the fake probe's figure changes at every call, so any other pairing (one figure per
+    round, the previous entry's) shows up as a wrong number."""
+    from minillm import bench
+    from minillm.hw import devices
+
+    suite, calls = bench.SUITE, []
+    n = len(suite)
+
+    def probe_factory():
+        def probe():
+            calls.append(10e9 * (len(calls) + 1))  # 10, 20, 30, ... GB/s
+            return calls[-1]
+
+        return probe
+
+    def fake_decode(model, backend, prompt, new, repeat, bandwidth_gb_s):
+        return {"decode_tok_s": 1.0 + len(calls), "prefill_tok_s": 1.0, "bytes_per_token": 10**9,
+                "achieved_gb_s": 1.0, "bandwidth_gb_s": bandwidth_gb_s, "roofline_tok_s": bandwidth_gb_s,
+                "roofline_frac": round(1.0 / bandwidth_gb_s, 3), "warmup_s": 0.0}  # fmt: skip
+
+    monkeypatch.setattr(bench, "SETTLE_S", 0.0)
+    monkeypatch.setattr(bench, "GPT", lambda *a, **k: "a model")
+    monkeypatch.setattr(bench, "with_weights", lambda model, weights: model)
+    monkeypatch.setattr(bench, "bench_decode", fake_decode)
+    monkeypatch.setattr(bench, "bench_products", lambda *a, **k: {})
+    monkeypatch.setattr(devices, "bandwidth_probe", probe_factory)
+    monkeypatch.setattr(devices, "measure_cpu", lambda: {"mem_bandwidth": 1e12, "fp32": 1e11})
+    monkeypatch.setattr("minillm.io.load", lambda name: "the teacher")
+    res = bench.bench_suite(rounds=2, kv_cache=False, progress=False)
+    assert [e["limit_gb_s"] for e in res["timeline"]] == [10 * (i + 1) for i in range(2 * n)]
+    assert [e["entry"] for e in res["timeline"]] == [f"{m}/{b}/{w}" for m, b, w in suite] * 2
+    rows = {(r["model"], r["backend"], r["weights"]): r for r in res["decode"]}
+    i = suite.index(("gpt2", "numba", "int8"))  # its limits: the probe's (i+1)-th and (n+i+1)-th figures
+    lo, hi = 10 * (i + 1), 10 * (n + i + 1)
+    assert rows["gpt2", "numba", "int8"]["bandwidth_gb_s"] == [lo, hi]
+    assert rows["gpt2", "numba", "int8"]["roofline_frac"] == float(np.median([round(1 / lo, 3), round(1 / hi, 3)]))
+    assert res["bandwidth_range_gb_s"] == [10, 20 * n] and res["bandwidth_gb_s"] == 5 * (2 * n + 1)
+    assert bench.plot_timeline(res, tmp_path / "t.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    teacher_only = dict(res, timeline=[e for e in res["timeline"] if e["entry"].startswith("teacher/")])
+    with pytest.raises(ValueError, match="no GPT-2 entries"):
+        bench.plot_timeline(teacher_only, tmp_path / "u.png")
+
+
+def test_bandwidth_probe_is_bytes_over_the_fastest_run(monkeypatch):
+    from minillm.hw import devices
+
+    def fastest_run(fn, *args, **kwargs):
+        fn()  # the product runs (shapes fit), and "takes" 0.25 s
+        return 0.25
+
+    monkeypatch.setattr(devices, "_best_time", fastest_run)
+    n = int(np.sqrt(2**20 / 4))
+    assert devices.bandwidth_probe(2**20)() == 4 * n * n / 0.25
+
+
 def test_numba_gelu_without_tanh_matches_everywhere():
     """x - x / (1 + e^{2u}) is GPT-2's tanh GELU; no overflow to inf or NaN at any float32 input."""
     nb = get_backend("numba")

@@ -31,8 +31,15 @@ def test_render_bench_states_every_target_met_or_missed():
               "threads": {"numba_layer": "omp", "numba_threads": 2}, "bandwidth_gb_s": 50.0,
               "peak_fp32_gflops": 200.0, "rounds": 3, "decode": [row, slow, small], "transformers_tok_s": [30.0],
               "ratios": {"numba int8 / numpy fp32 (gpt2)": {"per_round": [3.2, 2.9, 3.1], "median": 3.1},
-                         "jax fp32 / numpy fp32 (gpt2)": {"per_round": [0.8], "median": 0.8}}}
+                         "jax fp32 / numpy fp32 (gpt2)": {"per_round": [0.8], "median": 0.8},
+                         "jax fp32 / numpy fp32 (teacher)": {"per_round": [0.997], "median": 0.997}}}
     text = docgen.render_bench(result)
     assert "| numba int8 / numpy fp32 (gpt2) ≥ 3× | 3.10× | 3.20, 2.90, 3.10 | met |" in text
     assert "| jax fp32 / numpy fp32 (gpt2) ≥ 1× | 0.80× | 0.80 | **missed** |" in text
+    # a median that rounds up to the target is shown with the digit that misses it
+    assert "| jax fp32 / numpy fp32 (teacher) ≥ 1× | 0.997× | 1.00 | **missed** |" in text
     assert "**missed** by jax fp32 (50.0 %)." in text and "90.0 | 80–100 |" in text
+    assert "results/bench.png" not in text and "in this run" not in text  # no timeline: no plot, no range
+    timed = dict(result, bandwidth_range_gb_s=[38.5, 72.0], timeline=[{"t_s": 0.0, "entry": "gpt2/numpy/fp32"}])
+    text = docgen.render_bench(timed)
+    assert "median 50.0 GB/s, from 38.5 to 72 GB/s in this run" in text and "(results/bench.png)" in text

@@ -31,12 +31,13 @@ import os
 import platform
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["DEVICES", "Device", "cache_path", "cpu_spec", "get_device"]
+__all__ = ["DEVICES", "Device", "bandwidth_probe", "cache_path", "cpu_spec", "get_device"]
 
 # Number formats a device may quote a peak for ("int8" counts integer ops as FLOPs).
 DTYPES = ("fp64", "fp32", "tf32", "bf16", "fp16", "fp8", "int8")
@@ -265,17 +266,21 @@ def measure_cpu(matrix_bytes: int = 128 * MiB, gemm_n: int = 1024) -> dict[str, 
         ``{"mem_bandwidth": bytes/s, "fp32": FLOP/s, "seconds": wall time}``.
     """
     t_start = time.perf_counter()
-    bandwidth = _gemv_bandwidth(int(np.sqrt(matrix_bytes / 4)))
+    bandwidth = bandwidth_probe(matrix_bytes)()
     A = np.ones((gemm_n, gemm_n), dtype=np.float32)
     flops = 2 * gemm_n**3 / _best_time(lambda: A @ A)
     return {"mem_bandwidth": bandwidth, "fp32": flops, "seconds": time.perf_counter() - t_start}
 
 
-def _gemv_bandwidth(n: int) -> float:
-    """Bytes/s of W @ v for an n x n float32 W: each weight is read once, as in decoding."""
+def bandwidth_probe(matrix_bytes: int = 128 * MiB) -> Callable[[], float]:
+    """A function that measures this CPU's memory bandwidth *now*, in bytes/s: W @ v for a
+    float32 W of about `matrix_bytes` (each weight read once, as in decoding), the fastest of
+    about 0.15 s of runs. W is allocated once, so the probe can run between other measurements:
+    on a shared machine the bandwidth moves within seconds (see `minillm bench --suite`)."""
+    n = int(np.sqrt(matrix_bytes / 4))
     W = np.ones((n, n), dtype=np.float32)  # ones() touches every page before timing
     v = np.ones(n, dtype=np.float32)
-    return W.nbytes / _best_time(lambda: W @ v)
+    return lambda: W.nbytes / _best_time(lambda: W @ v)
 
 
 def _read_cache(path: Path) -> dict:
