@@ -89,9 +89,16 @@ def _write_json(path: str | None, obj: Any) -> None:
 
 
 def _bandwidth() -> float:
-    from .hw.devices import get_device
+    """This CPU's memory bandwidth in GB/s, measured now (not the cached `cpu_spec` figure: on a
+    shared machine it moves within seconds), then idle while BLAS's threads stop spinning."""
+    import time
 
-    return get_device("cpu").bandwidth / 1e9
+    from .bench import SETTLE_S
+    from .hw.devices import bandwidth_probe
+
+    gb_s = bandwidth_probe()() / 1e9
+    time.sleep(SETTLE_S)
+    return gb_s
 
 
 # ------------------------------------------------------------------------------------------
@@ -338,7 +345,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--products", action="store_true", help="also time the step's matrix products alone "
                    "(products_ms, products_gb_s, products_frac: how much of the step the kernels are)")  # fmt: skip
     b.add_argument("--no-bandwidth", dest="bandwidth", action="store_false",
-                   help="skip measuring memory bandwidth (no roofline fraction)")  # fmt: skip
+                   help="skip measuring this CPU's memory bandwidth just before the run "
+                   "(no roofline fraction)")  # fmt: skip
     backend_arg(b)
     b.set_defaults(func=cmd_bench)
     tr = sub.add_parser("tour", help="the main job: every method on the shipped models, measured")

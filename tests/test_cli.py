@@ -71,6 +71,23 @@ def test_bench_writes_the_documented_keys(tmp_path, monkeypatch):
     assert "products_frac" not in res  # no bandwidth measured, no fraction
 
 
+def test_bench_divides_by_the_bandwidth_measured_just_before_the_run(tmp_path, monkeypatch):
+    """Not the cached figure of `cpu_spec`, which may be days old: the machine's bandwidth moves."""
+    import minillm.bench as bench
+    import minillm.config as config
+    from minillm.hw import devices
+
+    monkeypatch.setitem(config.PRESETS, "gpt2", dict(vocab_size=64, block_size=64, n_layer=1, n_head=2, n_embd=32))
+    monkeypatch.setattr(devices, "cpu_spec", lambda *a, **k: pytest.fail("used the cached bandwidth"))
+    monkeypatch.setattr(devices, "bandwidth_probe", lambda: lambda: 20e9)
+    monkeypatch.setattr(bench, "SETTLE_S", 0.0)
+    path = tmp_path / "b.json"
+    assert main(["bench", "--model", "gpt2", "--backend", "numpy", "--tokens", "4", "--repeat", "1",
+                 "--json", str(path)]) == 0  # fmt: skip
+    res = json.loads(path.read_text())
+    assert res["bandwidth_gb_s"] == 20.0 and res["roofline_frac"] == round(res["achieved_gb_s"] / 20.0, 3)
+
+
 def test_a_bad_output_path_fails_before_the_work(tmp_path, monkeypatch, capsys):
     import minillm.tour as tour
 
