@@ -1391,13 +1391,13 @@ other rather than trusting absolute numbers.
 slice_fp32 = minillm.GPT(minillm.GPTConfig.preset("gpt2", n_layer=4, vocab_size=96), seed=0)
 slice_q8 = minillm.GPT(slice_fp32.config, params=quantize_params(slice_fp32.params, "q8_0"))
 models = {"teacher fp32": teacher, "GPT-2 slice fp32": slice_fp32, "GPT-2 slice q8_0": slice_q8}
-speed = {}
+speed, step_ms = {}, {}
 print(f"{'model':18s} {'backend':8s} {'MB/token':>9s} {'tokens/s':>9s} {'ms/token':>9s} {'GB/s':>6s} "
       f"{'warm-up s':>10s}")
 for label, model in models.items():
     for name in names:
         r = bench_decode(model, backend=name, prompt_tokens=8, new_tokens=24, repeat=3)
-        speed[label, name] = r["decode_tok_s"]
+        speed[label, name], step_ms[label, name] = r["decode_tok_s"], r["decode_ms_per_token"]
         print(f"{label:18s} {name:8s} {r['bytes_per_token'] / 1e6:9.2f} {r['decode_tok_s']:9.1f} "
               f"{r['decode_ms_per_token']:9.3f} {r['achieved_gb_s']:6.2f} {r['warmup_s']:10.2f}")
 
@@ -1410,6 +1410,56 @@ ax.set_yscale("log")
 ax.set_ylabel("decode tokens/s (batch 1)")
 ax.legend()
 plt.show()
+"""),
+    md(r"""
+## Where does a step's time go?
+
+A decode step is its matrix products plus everything else: layer norms, attention over the
+cache, GELU, the cache writes and the code between them. `bench_products` times the products
+alone — every block's four and the LM head, one after another in the backend's own `linear` —
+so the step minus the products is the rest (`steps=8`: best of 3 runs of 8 chains, to keep the
+lesson quick). Where the rest is most of the step, a faster kernel
+cannot help much; where the products dominate, the kernel is what pays. (Both are best-of-a-few
+timings taken seconds apart on a shared machine: differences of a few percent are noise.)
+"""),
+    code(r"""
+from minillm.bench import bench_products
+
+print(f"{'model':18s} {'backend':8s} {'step ms':>8s} {'products ms':>12s} {'rest ms':>8s} {'rest':>5s}")
+for label, model in models.items():
+    for name in names:
+        step = step_ms[label, name]
+        products = bench_products(model, backend=name, steps=8)["products_ms"]
+        print(f"{label:18s} {name:8s} {step:8.3f} {products:12.3f} {step - products:8.3f} "
+              f"{(step - products) / step:5.0%}")
+"""),
+    md(r"""
+## One block, one call
+
+The rest of a step is partly Python: the forward's reshapes and residual adds, each kernel's
+wrapper, and Numba's dispatch of each call. `NumbaBackend.block` removes it: the forward hands
+it a whole transformer block, which `decode_block` runs as one compiled call — the same kernels
+in the same order, so the answer is the same to the bit. Switch it off (`fused_blocks = False`)
+and the forward calls the kernels one by one. The gain is largest where the rest is largest:
+on the teacher, whose weights sit in the CPU's caches, against a few percent on the GPT-2 shape,
+whose products stream from memory. Three alternating pairs of `bench_decode` runs:
+"""),
+    code(r"""
+if "numba" in names:
+    from minillm.backends.numba_ import NumbaBackend
+
+    fused, one_by_one = NumbaBackend(), NumbaBackend()
+    one_by_one.fused_blocks = False
+    same = np.array_equal(teacher.forward(prompt, backend=fused), teacher.forward(prompt, backend=one_by_one))
+    print("logits identical to the bit:", same)
+    for label, model in (("teacher fp32", teacher), ("GPT-2 slice q8_0", slice_q8)):
+        tok = {"fused": [], "one by one": []}
+        for _ in range(3):
+            for key, be in (("fused", fused), ("one by one", one_by_one)):
+                tok[key].append(bench_decode(model, backend=be, prompt_tokens=8, new_tokens=24)["decode_tok_s"])
+        ratio = np.median(np.array(tok["fused"]) / np.array(tok["one by one"]))
+        print(f"{label:18s} fused {np.median(tok['fused']):8.1f} tok/s, one by one "
+              f"{np.median(tok['one by one']):8.1f} tok/s: {ratio:.2f}x (median of 3 pairs)")
 """),
     md(r"""
 ## Inside the fused kernel
@@ -1463,7 +1513,29 @@ The dense product is the baseline to beat. Whether the fused kernel beats it on 
 depends on how well the compiled loop streams memory compared with a tuned BLAS, and on what
 else the two shared cores are doing — which is why every speed claim in these lessons is a
 measurement printed by code, never a number typed in the text.
-
+"""),
+    md(r"""
+The kernel reads the float16 scales as they are stored, 2 bytes each, though Numba has no
+float16 arithmetic on the CPU. It widens them by moving bits: a half is a sign bit, 5 exponent
+bits (bias 15) and 10 mantissa bits; float32 has 8 exponent bits (bias 127) and 23 mantissa bits.
+Put the sign at bit 31 and the other 15 bits 13 places up, read the 32 bits as a float32, and you
+get $h \cdot 2^{15 - 127} = h \cdot 2^{-112}$, so one multiply by $2^{112}$ restores $h$ exactly.
+Integer shifts and one multiply: operations SIMD lanes do 16 at a time. In NumPy, on every finite
+half there is:
+"""),
+    code(r"""
+halves = np.arange(2**16, dtype=np.uint32).astype(np.uint16)
+halves = halves[np.isfinite(halves.view(np.float16))]  # all 63,488 finite float16 bit patterns
+h = halves.astype(np.int32)
+bits = ((h & 0x7FFF) << 13) | ((h & 0x8000) << 16)  # sign to bit 31, exponent and mantissa up 13
+widened = bits.view(np.float32) * np.float32(2.0**112)
+exact = halves.view(np.float16).astype(np.float32)
+print("every finite half widened exactly:", np.array_equal(widened.view(np.uint32), exact.view(np.uint32)))
+for v in (np.float16(0.0123), np.float16(-2.5), np.float16(6e-8)):  # 6e-8: a subnormal half
+    i = int(np.flatnonzero(halves == v.view(np.uint16))[0])
+    print(f"{float(v):>12.6g}: bits {int(h[i]):016b} -> {int(bits[i]) & 0xFFFFFFFF:032b} -> {widened[i]:.6g}")
+"""),
+    md(r"""
 ## CuPy: the same kernels on a GPU
 
 `CupyBackend` is `ArrayBackend(xp)` with `xp = cupy`: the NumPy kernels written against an array
@@ -1506,6 +1578,12 @@ for label, model in (("fp32", teacher), ("q8_0", minillm.GPT(cfg, params=quantiz
    `backends.get("jax").compile_cache_size()` after generating 200 tokens.
 3. Repeat the fused-kernel measurement with Q4_0 (`quantize_weight(W, "q4_0")`). How many bytes
    does each path move now, and does the time follow?
+4. On a CPU with AVX-512 VNNI (`minillm.backends.numba_.HAS_VNNI`), Numba multiplies Q4_0 with
+   integer dot products on the row written in block floating point (docs: Backends). Time the
+   Q4_0 product with `nb.q4_0_vnni = True` and `False`, and compare both with the float64
+   product `x.astype(np.float64) @ q.dequantize().astype(np.float64)`: which errs more? Compare
+   with the bound $S \sum_i |w_i|$, $S \approx 1.2 \cdot 10^{-7} \max_i |x_i|$, and try a row with
+   one large outlier.
 """),
 ]
 
