@@ -337,3 +337,22 @@ def test_site_builds_strict(tmp_path):
     index = (site / "index.html").read_text(encoding="utf-8")
     assert 'src="assets/mathjax/tex-mml-chtml.js"' in index
     assert (site / "assets/mathjax/output/chtml/fonts/woff-v2/MathJax_Main-Regular.woff").is_file()
+
+
+def test_every_lesson_is_what_its_build_script_makes(tmp_path):
+    """The notebooks are generated from `lessons/_build`: a cell edited in a notebook alone would
+    be lost at the next rebuild (lesson 08 had drifted so), so each must equal its rebuild. The
+    scripts run on a copy, writing next to it."""
+    nbformat = pytest.importorskip("nbformat", reason="nbformat builds the lessons (pip install -e '.[dev]')")
+    build = tmp_path / "lessons" / "_build"
+    build.mkdir(parents=True)
+    for script in sorted((ROOT / "lessons" / "_build").glob("make_*.py")):
+        (build / script.name).write_text(script.read_text(encoding="utf-8"), encoding="utf-8")
+        subprocess.run([sys.executable, str(build / script.name)], check=True, capture_output=True)
+    committed = sorted(p.name for p in (ROOT / "lessons").glob("*.ipynb"))
+    assert sorted(p.name for p in (tmp_path / "lessons").glob("*.ipynb")) == committed
+    for name in committed:
+        ours, rebuilt = (nbformat.read(d / "lessons" / name, as_version=4) for d in (ROOT, tmp_path))
+        assert [(c.cell_type, c.id, c.source) for c in ours.cells] == [
+            (c.cell_type, c.id, c.source) for c in rebuilt.cells
+        ], f"lessons/{name} differs from what lessons/_build makes: rebuild it"

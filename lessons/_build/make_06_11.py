@@ -1340,7 +1340,7 @@ import minillm
 from minillm import backends
 from minillm.bench import bench_decode
 from minillm.compress.quantize import quantize_params, quantize_weight
-from minillm.hw import get_device
+from minillm.hw.devices import bandwidth_probe
 
 rng = np.random.default_rng(0)
 teacher = minillm.load("teacher")
@@ -1506,13 +1506,40 @@ for label, (fns, nbytes) in cases.items():
     ms = best_ms(lambda fns=fns: [f() for f in fns]) / len(fns)  # per weight
     print(f"{label:38s} {ms:7.3f} ms per weight   {nbytes / 1e6:6.2f} MB moved -> {nbytes / ms / 1e6:6.2f} GB/s"
           f"   max |error| {err:.1e}")
-print(f"this CPU's measured main-memory bandwidth: {get_device('cpu').bandwidth / 1e9:.1f} GB/s")
+print(f"this CPU's main-memory bandwidth, measured just now: {bandwidth_probe()() / 1e9:.1f} GB/s")
 """),
     md(r"""
 The dense product is the baseline to beat. Whether the fused kernel beats it on *this* machine
 depends on how well the compiled loop streams memory compared with a tuned BLAS, and on what
 else the two shared cores are doing — which is why every speed claim in these lessons is a
 measurement printed by code, never a number typed in the text.
+
+## The limit moves
+
+"Fraction of the bandwidth limit" divides by a measurement too: `bandwidth_probe()` times one
+float32 matrix–vector product over 128 MiB (each weight read once, as in decoding) and keeps
+the fastest of about 0.15 s of runs. On a machine shared with others that limit is not a
+constant. Probe it back to back for a few seconds and look:
+"""),
+    code(r"""
+probe = bandwidth_probe()  # the 128 MiB matrix is allocated once; each call measures again
+t0, series = time.perf_counter(), []
+while time.perf_counter() - t0 < 6:
+    series.append((time.perf_counter() - t0, probe() / 1e9))
+seconds, gb_s = np.array(series).T
+print(f"{len(gb_s)} probes in 6 s: {gb_s.min():.1f} to {gb_s.max():.1f} GB/s, median {np.median(gb_s):.1f}")
+fig, ax = plt.subplots(figsize=(7, 2.5))
+ax.plot(seconds, gb_s, ".-")
+ax.set(xlabel="seconds", ylabel="GB/s", title="the same product, measured again and again")
+ax.set_ylim(bottom=0)
+plt.show()
+"""),
+    md(r"""
+On the machine these lessons were written on, the probe sat at one level for a second or ten
+and then jumped between about 40, 50 and 70 GB/s, as whatever else shares the host came and
+went. A limit measured once and cached would divide today's steps by another moment's
+bandwidth, so `minillm bench` measures it just before its run and `minillm bench --suite` just
+before every entry, and plots them over the run (the measured table on the backends page).
 """),
     md(r"""
 The kernel reads the float16 scales as they are stored, 2 bytes each, though Numba has no
