@@ -496,10 +496,10 @@ def plot_timeline(result: dict[str, Any], path: str | Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    timeline = result["timeline"]
+    timeline = result.get("timeline") or []
     gpt2 = [e for e in timeline if e["entry"].startswith("gpt2/")]
     if not gpt2:
-        raise ValueError("the result has no GPT-2 entries in its timeline")
+        raise ValueError("the result has no GPT-2 entries in its timeline (a `bench_suite` result has them)")
     fig, ax = plt.subplots(figsize=(9, 4.5))
     ax.step([e["t_s"] / 60 for e in timeline], [e["limit_gb_s"] for e in timeline], where="post", color="0.5",
             label="bandwidth limit, measured before each entry (the teacher's too)")  # fmt: skip

@@ -477,8 +477,9 @@ def test_bench_suite_divides_each_entry_by_the_limit_measured_just_before_it(mon
     assert res["bandwidth_range_gb_s"] == [10, 20 * n] and res["bandwidth_gb_s"] == 5 * (2 * n + 1)
     assert bench.plot_timeline(res, tmp_path / "t.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     teacher_only = dict(res, timeline=[e for e in res["timeline"] if e["entry"].startswith("teacher/")])
-    with pytest.raises(ValueError, match="no GPT-2 entries"):
-        bench.plot_timeline(teacher_only, tmp_path / "u.png")
+    for bad in (teacher_only, {"decode": res["decode"]}):  # the teacher alone; a result without a timeline
+        with pytest.raises(ValueError, match="no GPT-2 entries"):
+            bench.plot_timeline(bad, tmp_path / "u.png")
 
 
 def test_bandwidth_probe_is_bytes_over_the_fastest_run(monkeypatch):
