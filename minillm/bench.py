@@ -414,19 +414,19 @@ def bench_suite(rounds: int = 3, peer_python: str | None = None, kv_cache: bool 
     from tqdm.auto import tqdm
 
     from .config import GPTConfig
-    from .hw.devices import Device, bandwidth_probe, measure_cpu
+    from .hw.devices import Device, bandwidth_probe, fp32_peak
     from .io import load
 
     base = {"gpt2": GPT(GPTConfig.preset("gpt2"), seed=0), "teacher": load("teacher")}
     models = {(name, weights): with_weights(base[name], weights) for name, _, weights in SUITE}
     runs: dict[str, list[dict[str, Any]]] = {f"{m}/{b}/{w}": [] for m, b, w in SUITE}
     peer: list[float] = []
-    machine: list[dict[str, float]] = []  # this CPU's float32 peak (and bandwidth), every round
+    peaks: list[float] = []  # this CPU's float32 FLOP/s, every round (the limits: per entry, below)
     timeline: list[dict[str, Any]] = []
     probe, start = bandwidth_probe(), time.perf_counter()
     bar = tqdm(total=rounds * (len(SUITE) + (peer_python is not None)), desc="bench suite", disable=not progress)
     for _ in range(rounds):
-        machine.append(measure_cpu())
+        peaks.append(fp32_peak())
         for name, backend, weights in SUITE:
             t_s, bandwidth = time.perf_counter() - start, probe() / 1e9  # the limit now, for this entry
             time.sleep(SETTLE_S)  # BLAS's threads spin after the probe (see SETTLE_S)
@@ -473,7 +473,7 @@ def bench_suite(rounds: int = 3, peer_python: str | None = None, kv_cache: bool 
         ratios = {"numpy fp32 / transformers generate (gpt2)": ratio("gpt2/numpy/fp32", peer)} | ratios
     limits = [e["limit_gb_s"] for e in timeline]
     bw = float(np.median(limits)) * 1e9
-    peak = float(np.median([m["fp32"] for m in machine]))
+    peak = float(np.median(peaks))
     cpu = Device("cpu", "this CPU (median of the suite)", {"fp32": peak}, bw, None, "measured in bench_suite")
     result: dict[str, Any] = {"machine": machine_info(), "threads": _thread_info(),
                               "bandwidth_gb_s": round(bw / 1e9, 2), "peak_fp32_gflops": round(peak / 1e9, 1),

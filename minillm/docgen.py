@@ -133,7 +133,7 @@ def render_bench(result: dict[str, Any]) -> str:
            f"This CPU's memory bandwidth (a float32 matrix-vector product over 128 MiB, "
            f"`minillm.hw.devices.bandwidth_probe`), measured right before every entry: median "
            f"{result['bandwidth_gb_s']} GB/s{_gb_range(result)}; each entry's bandwidth limit is its own "
-           f"measurement. Float32 peak (`measure_cpu`, every round): {result['peak_fp32_gflops']} "
+           f"measurement. Float32 peak (`fp32_peak`, every round): {result['peak_fp32_gflops']} "
            f"GFLOP/s. Prompt 16 + 32 new "
            f"tokens, batch 1; each entry ran {result['rounds']} times, interleaved with the others (best of 3 "
            f"runs each time, after {SETTLE_S:g} s idle): the median, and the range. \"Its products alone\": the "

@@ -464,7 +464,7 @@ def test_bench_suite_divides_each_entry_by_the_limit_measured_just_before_it(mon
     monkeypatch.setattr(bench, "bench_decode", fake_decode)
     monkeypatch.setattr(bench, "bench_products", lambda *a, **k: {})
     monkeypatch.setattr(devices, "bandwidth_probe", probe_factory)
-    monkeypatch.setattr(devices, "measure_cpu", lambda: {"mem_bandwidth": 1e12, "fp32": 1e11})
+    monkeypatch.setattr(devices, "fp32_peak", lambda: 1e11)
     monkeypatch.setattr("minillm.io.load", lambda name: "the teacher")
     res = bench.bench_suite(rounds=2, kv_cache=False, progress=False)
     assert [e["limit_gb_s"] for e in res["timeline"]] == [10 * (i + 1) for i in range(2 * n)]
