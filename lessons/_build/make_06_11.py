@@ -1506,7 +1506,8 @@ for label, (fns, nbytes) in cases.items():
     ms = best_ms(lambda fns=fns: [f() for f in fns]) / len(fns)  # per weight
     print(f"{label:38s} {ms:7.3f} ms per weight   {nbytes / 1e6:6.2f} MB moved -> {nbytes / ms / 1e6:6.2f} GB/s"
           f"   max |error| {err:.1e}")
-print(f"this CPU's main-memory bandwidth, measured just now: {bandwidth_probe()() / 1e9:.1f} GB/s")
+probe = bandwidth_probe()  # a 128 MiB matrix, allocated once; each call measures again
+print(f"this CPU's main-memory bandwidth, measured just now: {probe() / 1e9:.1f} GB/s")
 """),
     md(r"""
 The dense product is the baseline to beat. Whether the fused kernel beats it on *this* machine
@@ -1522,7 +1523,6 @@ the fastest of about 0.15 s of runs. On a machine shared with others that limit 
 constant. Probe it back to back for a few seconds and look:
 """),
     code(r"""
-probe = bandwidth_probe()  # the 128 MiB matrix is allocated once; each call measures again
 t0, series = time.perf_counter(), []
 while time.perf_counter() - t0 < 6:
     series.append((time.perf_counter() - t0, probe() / 1e9))
