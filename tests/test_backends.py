@@ -76,6 +76,7 @@ KINDS = {
     "q4_0": lambda w: quantize_weight(w, "q4_0"),
     "lowrank": lambda w: K.LowRank(*svd_factorize(w, 16)),
     "2:4": lambda w: nm_sparse(w, 2, 4),
+    "3:8": lambda w: nm_sparse(w, 3, 8),  # m != 4: Numba's other way of picking the inputs
     "masked": _masked,
 }
 
@@ -94,7 +95,7 @@ def magnitude(w) -> tuple[np.ndarray, int]:
 
 
 # Rows: 1 (decode), 5 (a short prefill), 40 and 300 (Numba switches to dequantize + BLAS: at 32
-# rows for dense weights, 4 for 2:4, 256 for the tiled integer kinds).
+# rows for dense weights, 256 for the tiled integer kinds; never for N:M and Q4_0 on VNNI).
 @pytest.mark.parametrize("rows", [1, 5, 40, 300])
 @pytest.mark.parametrize("kind", list(KINDS))
 def test_linear_every_weight_kind(be, kind, rows):
@@ -616,6 +617,24 @@ def test_numba_q4_0_by_integer_dot_products():
     assert np.isnan(got[:2]).all() and np.isfinite(got[2:]).all()
 
 
+@pytest.mark.parametrize("n, m", [(2, 4), (1, 4), (3, 8), (1, 2)])
+def test_numba_nm_by_its_fused_kernel_and_by_blas(n, m):
+    """Both ways Numba multiplies N:M: the fused tile kernel (every prompt length, by default:
+    selects for m = 4, one input at a time otherwise) and dequantize + BLAS (a lowered threshold),
+    with a last tile only partly filled (70 outputs)."""
+    nb_mod = pytest.importorskip("minillm.backends.numba_", exc_type=ImportError)
+    kind = nm_sparse((RNG.standard_normal((96, 70)) * 0.1).astype(np.float32), n, m)
+    x = RNG.standard_normal((9, 96)).astype(np.float32)
+    b = RNG.standard_normal(70).astype(np.float32)
+    exact = x.astype(np.float64) @ kind.dequantize().astype(np.float64) + b
+    bound = 104 * EPS32 * (np.abs(x) @ np.abs(kind.dequantize()) + np.abs(b))
+    fused, blas = nb_mod.NumbaBackend(), nb_mod.NumbaBackend()
+    blas.prefill_rows_nm = 2
+    for be_, rows in ((fused, 1), (fused, 9), (blas, 9)):
+        got = be_.linear(x[:rows], kind, b)
+        assert np.all(np.abs(got - exact[:rows]) <= bound[:rows])
+
+
 def test_numba_widens_every_finite_half_exactly():
     """Tiles keep float16 scales as their bits (2 bytes read per scale, not 4); the kernels widen
     them with shifts and one multiply by $2^{112}$. Every finite half — zeros, subnormals, the
@@ -699,7 +718,7 @@ def test_numba_tiles_hold_the_same_codes(shape, method):
         assert np.all(np.abs(got - exact) <= (n + 4) * EPS32 * (np.abs(x) @ M) + 1e-30)
 
 
-@pytest.mark.parametrize("kind", ["fp32", "int8", "q8_0", "q4_0", "q4_0 float kernel"])
+@pytest.mark.parametrize("kind", ["fp32", "int8", "q8_0", "q4_0", "q4_0 float kernel", "2:4", "3:8"])
 def test_numba_block_in_one_call_is_the_same_to_the_bit(small_model, kind, monkeypatch):
     """`NumbaBackend.block` runs a whole block as one compiled call (`decode_block`): the same
     kernels the forward calls one by one, in the same order, so the logits and the KV cache are
@@ -729,7 +748,7 @@ def test_numba_block_in_one_call_is_the_same_to_the_bit(small_model, kind, monke
     np.testing.assert_array_equal(fused_cache.v, plain_cache.v)
 
 
-@pytest.mark.parametrize("case", ["int4-g32", "2:4", "lowrank", "input-major", "prefill", "float16 cache"])
+@pytest.mark.parametrize("case", ["int4-g32", "lowrank", "input-major", "prefill", "float16 cache"])
 def test_numba_block_declines_what_it_does_not_fuse(small_model, case):
     """`NumbaBackend.block` returns None (and the forward runs the block kernel by kernel) for
     weight forms `decode_block` does not take, for prefill rows that go to BLAS, and for a KV

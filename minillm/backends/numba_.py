@@ -112,9 +112,9 @@ JIT_VECTOR = dict(fastmath=True, error_model="numpy", cache=True)
 
 
 # ------------------------------------------------------------------------------------------
-# Kernel forms. Integer kinds: tiles of 64 outputs, the codes of one input for the tile's 64
-# outputs side by side (SIMD across outputs). The others: output-major rows, the values of
-# output o one contiguous row, so the dot product that produces y_o streams in order.
+# Kernel forms. Quantized and N:M kinds: tiles of 64 outputs, the codes of one input for the
+# tile's 64 outputs side by side (SIMD across outputs). Dense and low rank: output-major rows,
+# the values of output o one contiguous row, so the dot product that produces y_o streams in order.
 @dataclass(frozen=True, eq=False)
 class TilesInt:
     """Int8 codes with a scale per block of inputs (Int8PerChannel, Q8_0, IntPerGroup) in tiles
@@ -145,13 +145,19 @@ class TilesQ4_0:
 
 
 @dataclass(frozen=True, eq=False)
-class RowsNM:
-    """NMSparse transposed: values (out, kept) float32, indices (out, kept) uint8."""
+class TilesNM:
+    """NMSparse in tiles of `LANES` outputs (see `matmul_nm`): values (tiles, kept, 64) float32,
+    indices (tiles, kept, 64) uint8, kept = in·n/m; outputs past `n_out` have value 0.
+
+    ``values[t, k, l]`` is the k-th kept weight of output $64t + l$, the weight of input
+    $\\lfloor k/n \\rfloor m$ + ``indices[t, k, l]``: the kind's own (kept, out) arrays, cut into
+    tiles."""
 
     values: np.ndarray
     indices: np.ndarray
     n: int
     m: int
+    n_out: int
 
 
 @dataclass(frozen=True, eq=False)
@@ -176,16 +182,17 @@ class RowsTied:
     head: Any
 
 
-ROW_FORMS = (TilesInt, TilesQ4_0, RowsNM, RowsDense, RowsLowRank)
+TILE_FORMS = (TilesInt, TilesQ4_0, TilesNM)
+ROW_FORMS = (*TILE_FORMS, RowsDense, RowsLowRank)
 KERNEL_FORMS = (np.ndarray, *ROW_FORMS, RowsTied)  # what `kernel_weight` passes through
 
 
 def rows_form(w: Any) -> Any:
     """A weight kind in the form this backend's kernels take (a one-time copy, cached per kind).
 
-    Integer kinds become tiles of 64 outputs (`TilesInt`, `TilesQ4_0`), the others output-major
-    rows: the values of output $o$ are one contiguous row. Codes stay int8 / packed nibbles,
-    float16 scales stay 2 bytes (`tile_scales`)."""
+    Integer and N:M kinds become tiles of 64 outputs (`TilesInt`, `TilesQ4_0`, `TilesNM`), the
+    others output-major rows: the values of output $o$ are one contiguous row. Codes stay int8 /
+    packed nibbles, float16 scales stay 2 bytes (`tile_scales`)."""
     if isinstance(w, K.Int8PerChannel):
         return int_tiles(w.q, w.scale[None, :], None)  # one block: all inputs
     if isinstance(w, K.IntPerGroup):
@@ -195,7 +202,9 @@ def rows_form(w: Any) -> Any:
     if isinstance(w, K.Q4_0):
         return q4_0_tiles(w)
     if isinstance(w, K.NMSparse):
-        return RowsNM(_t(w.values.astype(np.float32)), _t(w.indices), int(w.n), int(w.m))
+        n_tiles = n_tiles_for(w.shape[1])
+        return TilesNM(tiled(w.values.astype(np.float32), n_tiles), tiled(w.indices, n_tiles), int(w.n), int(w.m),
+                       w.shape[1])  # fmt: skip
     if isinstance(w, K.LowRank):
         return RowsLowRank(_t(w.a.astype(np.float32)), _t(w.b.astype(np.float32)))
     if isinstance(w, K.Masked):
@@ -211,8 +220,8 @@ def _rows_shape(w: Any) -> tuple[int, int]:
         return w.n_out, 8 * w.words.shape[1]
     if isinstance(w, TilesInt):
         return w.n_out, w.q.shape[1]
-    if isinstance(w, RowsNM):
-        return w.values.shape[0], w.values.shape[1] * w.m // w.n
+    if isinstance(w, TilesNM):
+        return w.n_out, w.values.shape[1] * w.m // w.n
     if isinstance(w, RowsLowRank):
         return w.b.shape[0], w.a.shape[1]
     return w.w.shape
@@ -236,6 +245,8 @@ def _dequantize_cols(w: Any, t0: int, out: np.ndarray) -> None:
     """Tiles t0, t0 + 1, ... of a tiled form, as float32 columns into `out` (in, 64 per tile)."""
     if isinstance(w, TilesInt):
         dequant_tiles_cols(w.q, w.scale, *_zero_args(w), t0, out)
+    elif isinstance(w, TilesNM):
+        dequant_nm_cols(w.values, w.indices, w.n, w.m, t0, out)
     else:
         dequant_q4_0_cols(w.words, w.d, t0, out)
 
@@ -529,19 +540,40 @@ def matmul_q4_0(x, words, d, bias, y):  # pragma: no cover - compiled
 
 @njit(**JIT)
 def matmul_nm(x, values, indices, n, m, bias, y):  # pragma: no cover - compiled
-    """N:M sparse: $y_o = \\sum_g \\sum_{t<n} x_{gm + \\mathrm{idx}_{o,gn+t}}\\, v_{o,gn+t} + b_o$.
+    """N:M sparse in tiles (`TilesNM`): $y_o = \\sum_k x_{\\lfloor k/n \\rfloor m + i_{ko}}\\, v_{ko} + b_o$.
 
-    Only the kept values are read: half the bytes and half the multiply-adds for 2:4."""
+    Only the kept values are read: half the bytes and half the multiply-adds for 2:4. Each of
+    the 64 outputs of a tile takes its input by its own index: in SIMD across outputs, a
+    gather, which is slow. For m = 4 (2:4, 1:4, 3:4) the pick is written as selects among the
+    group's four inputs, which compile to compares and blends; other m take each input of the
+    group in turn and keep it where the index matches. (One 768 x 2304 2:4 product, weights in
+    the caches: 31 us with the selects, 130 us taking the inputs in turn, 190 us as a gather,
+    470 us for the earlier kernel that ran one output row at a time.)"""
     N = x.shape[0]
-    n_groups = values.shape[1] // n
-    for o in prange(values.shape[0]):
+    n_tiles, kept = values.shape[0], values.shape[1]
+    n_out = y.shape[1]
+    for t in prange(n_tiles):
+        picked = np.empty(LANES, np.float32)
         for r in range(N):
-            acc = np.float32(0.0)
-            for gi in range(n_groups):
-                base = gi * m
-                for t in range(gi * n, gi * n + n):
-                    acc += x[r, base + indices[o, t]] * values[o, t]
-            y[r, o] = acc + bias[o]
+            out = np.zeros(LANES, np.float32)
+            if m == 4:
+                for g in range(kept // n):
+                    x0, x1, x2, x3 = x[r, 4 * g], x[r, 4 * g + 1], x[r, 4 * g + 2], x[r, 4 * g + 3]
+                    for k in range(n * g, n * g + n):
+                        for l in range(LANES):
+                            i = indices[t, k, l]
+                            xi = x0 if i == 0 else (x1 if i == 1 else (x2 if i == 2 else x3))
+                            out[l] += xi * values[t, k, l]
+            else:
+                for k in range(kept):
+                    for j in range(m):
+                        xj = x[r, (k // n) * m + j]
+                        for l in range(LANES):
+                            picked[l] = xj if indices[t, k, l] == j else picked[l]
+                    for l in range(LANES):
+                        out[l] += picked[l] * values[t, k, l]
+            for l in range(min(LANES, n_out - LANES * t)):
+                y[r, LANES * t + l] = out[l] + bias[LANES * t + l]
 
 
 # ------------------------------------------------------------------------------------------
@@ -818,10 +850,22 @@ def dequant_q4_0(words, d, o0, out):  # pragma: no cover - compiled
 @njit(**SERIAL)
 def dequant_nm(values, indices, n, m, o0, out):  # pragma: no cover - compiled
     for j in range(out.shape[0]):
+        t, lane = (o0 + j) // LANES, (o0 + j) % LANES
         for i in range(out.shape[1]):
             out[j, i] = 0.0
         for k in range(values.shape[1]):
-            out[j, (k // n) * m + indices[o0 + j, k]] = values[o0 + j, k]
+            out[j, (k // n) * m + indices[t, k, lane]] = values[t, k, lane]
+
+
+@njit(**SERIAL)
+def dequant_nm_cols(values, indices, n, m, t0, out):  # pragma: no cover - compiled
+    out[:] = 0.0
+    for tt in range(out.shape[1] // LANES):
+        t, c0 = t0 + tt, LANES * tt
+        for k in range(values.shape[1]):
+            base = (k // n) * m
+            for l in range(LANES):
+                out[base + indices[t, k, l], c0 + l] = values[t, k, l]
 
 
 # ------------------------------------------------------------------------------------------
@@ -1010,8 +1054,8 @@ BLOCK_VECTORS = tuple(name for name in block_param_shapes(1) if name not in MATM
 def block_args(w: Any, shape: tuple[int, int]) -> tuple | None:
     """A kernel form of an (in, out) = `shape` weight as the tuple of arrays `block_linear`
     takes, or None if `decode_block` does not take it (the forward then runs that block kernel
-    by kernel): float32 output-major rows, tiles without zero points and Q4_0 tiles with float16
-    scale bits, all C-contiguous and of that shape."""
+    by kernel): float32 output-major rows, tiles without zero points, Q4_0 tiles with float16
+    scale bits and N:M tiles (their n and m last), all C-contiguous and of that shape."""
     if isinstance(w, np.ndarray) and w.ndim == 2 and w.T.flags.c_contiguous:
         w = RowsDense(w.T)  # an output-major (in, out) array is its (out, in) rows
     if isinstance(w, RowsDense) and w.w.dtype == np.float32 and w.w.ndim == 2:
@@ -1020,18 +1064,25 @@ def block_args(w: Any, shape: tuple[int, int]) -> tuple | None:
         arrays = (w.q, w.scale)
     elif isinstance(w, TilesQ4_0) and w.d.dtype == np.uint16:
         arrays = (w.words, w.d)
+    elif isinstance(w, TilesNM):
+        arrays = (w.values, w.indices)
     else:
         return None
     fits = _rows_shape(w) == shape[::-1] and all(a.flags.c_contiguous for a in arrays)
+    if isinstance(w, TilesNM):
+        return (*arrays, w.n, w.m) if fits else None
     return arrays if fits else None
 
 
 def block_linear(x: np.ndarray, w: tuple, bias: np.ndarray, y: np.ndarray, vnni: bool) -> None:
     """$y = xW + b$ for W as `block_args` gives it: the kernel `NumbaBackend.linear` would pick
     for the same form. Compiled code calls the `@overload` below, which picks by the tuple's
-    types (one array: dense rows; uint32 words: Q4_0; int8 codes: tiles) when it compiles."""
+    types (one array: dense rows; four items: N:M; uint32 words: Q4_0; int8 codes: tiles) when
+    it compiles."""
     if len(w) == 1:
         matmul_rows(x, w[0], bias, y)
+    elif len(w) == 4:
+        matmul_nm(x, *w, bias, y)
     elif w[0].dtype == np.uint32:
         (matmul_q4_0_vnni if vnni else matmul_q4_0)(x, w[0], w[1], bias, y)
     else:
@@ -1045,6 +1096,11 @@ def _block_linear(x, w, bias, y, vnni):  # pragma: no cover - compiled
             matmul_rows(x, w[0], bias, y)
 
         return dense
+    if len(w) == 4:
+        def nm(x, w, bias, y, vnni):
+            matmul_nm(x, w[0], w[1], w[2], w[3], bias, y)
+
+        return nm
     if w[0].dtype == types.uint32:
         if not HAS_VNNI:  # vpdpbusd would not compile for this CPU
             def q4_0(x, w, bias, y, vnni):
@@ -1160,17 +1216,18 @@ class NumbaBackend(NumpyBackend):
     dequantized, 512 outputs at a time, and multiplied by BLAS. The threshold depends on how good
     the fused kernel is at many rows: 32 for dense float32 (one dot product per output),
     `prefill_rows_tiles` = 256 for the tiled integer kinds, whose kernels reuse each code for
-    every row from the caches and beat dequantize + BLAS up to about 256-512 rows here,
-    `prefill_rows_nm` = 4 for N:M, whose gathers are slow, and `prefill_rows_vnni` (in effect
-    never) for Q4_0 on integer dot products, which beat dequantize + BLAS at every prompt length
-    measured here (GPT-2 shape: 300, 600 and 1000 tokens at 996, 908 and 732 tok/s against 684,
-    596 and 381).
+    every row from the caches and beat dequantize + BLAS up to about 256-512 rows here, and in
+    effect never for Q4_0 on integer dot products (`prefill_rows_vnni`) and for N:M
+    (`prefill_rows_nm`), whose kernels beat dequantize + BLAS at every prompt length measured
+    here (GPT-2 shape, Q4_0: 300, 600 and 1000 tokens at 996, 908 and 732 tok/s against 684, 596
+    and 381; 2:4: 32, 128, 512 and 1000 tokens at 665, 788, 734 and 525 tok/s against 412, 757,
+    702 and 485, and the decode steps after BLAS are slower too, see docs/backends.md).
     """
 
     name = "numba"
     prefill_rows = 32
     prefill_rows_tiles = 256
-    prefill_rows_nm = 4
+    prefill_rows_nm = 1 << 20
     prefill_rows_vnni = 1 << 20
     q4_0_vnni = HAS_VNNI  # Q4_0 by integer dot products where the CPU has them (set False to compare)
     fused_blocks = True  # decode a block in one compiled call (`decode_block`; False: kernel by kernel)
@@ -1239,7 +1296,7 @@ class NumbaBackend(NumpyBackend):
 
     def _blas_rows(self, w: Any) -> int:
         """From how many rows `linear` multiplies this kernel form with BLAS."""
-        if isinstance(w, RowsNM):
+        if isinstance(w, TilesNM):
             return self.prefill_rows_nm
         if isinstance(w, TilesQ4_0) and self._vnni(w):
             return self.prefill_rows_vnni
@@ -1254,23 +1311,19 @@ class NumbaBackend(NumpyBackend):
     def _tiled_blas(self, x: np.ndarray, w: Any, bias: np.ndarray) -> np.ndarray:
         """Prefill: dequantize TILE outputs at a time into one buffer, multiply with BLAS.
 
-        A tiled form is dequantized as columns, (in, outputs): its codes for one input and 64
-        outputs are contiguous, so both the reads and the writes stream."""
+        Every quantized form is tiled (`TILE_FORMS`) and dequantized as columns, (in, outputs):
+        its codes for one input and 64 outputs are contiguous, so both the reads and the writes
+        stream."""
         if isinstance(w, RowsDense):
             return x @ w.w.T + bias
         n_out, n_in = _rows_shape(w)
         y = np.empty((x.shape[0], n_out), np.float32)
         buf = np.empty(n_in * min(TILE, LANES * n_tiles_for(n_out)), np.float32)
-        for o0 in range(0, n_out, TILE):
+        for o0 in range(0, n_out, TILE):  # whole tiles: o0 is a multiple of LANES
             n = min(TILE, n_out - o0)
-            if isinstance(w, (TilesInt, TilesQ4_0)):  # whole tiles, o0 is a multiple of LANES
-                cols = buf[: n_in * LANES * n_tiles_for(n)].reshape(n_in, -1)  # (in, tiles * 64)
-                _dequantize_cols(w, o0 // LANES, cols)
-                np.matmul(x, cols[:, :n], out=y[:, o0 : o0 + n])
-            else:
-                rows = buf[: n * n_in].reshape(n, n_in)  # (n, in)
-                _dequantize_rows(w, o0, rows)
-                np.matmul(x, rows.T, out=y[:, o0 : o0 + n])
+            cols = buf[: n_in * LANES * n_tiles_for(n)].reshape(n_in, -1)  # (in, tiles * 64)
+            _dequantize_cols(w, o0 // LANES, cols)
+            np.matmul(x, cols[:, :n], out=y[:, o0 : o0 + n])
         y += bias
         return y
 
@@ -1420,7 +1473,9 @@ class NumbaBackend(NumpyBackend):
         kinds = [lambda i, o: np.asfortranarray(rng.standard_normal((i, o)).astype(np.float32)),  # output-major
                  lambda i, o: K.Int8PerChannel(codes(i, o), np.ones(o, np.float32)),
                  lambda i, o: K.Q8_0(codes(i, o), halves(i, o)),
-                 lambda i, o: K.Q4_0(rng.integers(0, 256, (i // 2, o)).astype(np.uint8), halves(i, o))]  # fmt: skip
+                 lambda i, o: K.Q4_0(rng.integers(0, 256, (i // 2, o)).astype(np.uint8), halves(i, o)),
+                 lambda i, o: K.NMSparse(rng.standard_normal((i // 2, o)).astype(np.float32),
+                                         np.tile(np.uint8([0, 2]), i // 4)[:, None].repeat(o, 1))]  # fmt: skip
         x = rng.standard_normal((1, C)).astype(np.float32)
         kv = (np.zeros((1, 1, 2, 4, C // 2), np.float32), np.zeros((1, 1, 2, 4, C // 2), np.float32))
         for make in kinds:
