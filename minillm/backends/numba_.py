@@ -462,10 +462,11 @@ def matmul_tiles(x, q, scale, bias, y):  # pragma: no cover - compiled
 
 
 @njit(**JIT)
-def matmul_tiles_zero(x, xsum, q, scale, zero, bias, y):  # pragma: no cover - compiled
+def matmul_tiles_zero(x, q, scale, zero, bias, y):  # pragma: no cover - compiled
     """`matmul_tiles` with zero points: $y_o = \\sum_k s_{ko}\\big(\\sum_{i \\in k} x_i q_{io} - z_{ko}
-    \\sum_{i \\in k} x_i\\big) + b_o$, `xsum` holding the block sums of x. (A separate kernel: one
-    kernel with a run-time switch between the two ran 4-11 % slower here.)"""
+    \\sum_{i \\in k} x_i\\big) + b_o$; each task sums x over the block itself (32 additions per
+    block, next to 64 x 32 multiply-adds). (A separate kernel: one kernel with a run-time switch
+    between the two ran 4-11 % slower here.)"""
     N, n_in = x.shape
     n_tiles, n_blocks = scale.shape[0], scale.shape[1]
     g = n_in // n_blocks
@@ -478,7 +479,9 @@ def matmul_tiles_zero(x, xsum, q, scale, zero, bias, y):  # pragma: no cover - c
             for kb in range(n_blocks):
                 _block_sums(x, r, q, t, np.uint64(kb * g), g, blk)
                 block_scales(scale, t, kb, bits, sc)
-                zx = xsum[r, kb]
+                zx = np.float32(0.0)
+                for i in range(kb * g, kb * g + g):
+                    zx += x[r, i]
                 for l in range(LANES):
                     out[l] += sc[l] * (blk[l] - np.float32(zero[t, kb, l]) * zx)
             for l in range(min(LANES, n_out - LANES * t)):
@@ -1054,14 +1057,14 @@ BLOCK_VECTORS = tuple(name for name in block_param_shapes(1) if name not in MATM
 def block_args(w: Any, shape: tuple[int, int]) -> tuple | None:
     """A kernel form of an (in, out) = `shape` weight as the tuple of arrays `block_linear`
     takes, or None if `decode_block` does not take it (the forward then runs that block kernel
-    by kernel): float32 output-major rows, tiles without zero points, Q4_0 tiles with float16
-    scale bits and N:M tiles (their n and m last), all C-contiguous and of that shape."""
+    by kernel): float32 output-major rows, integer tiles, Q4_0 tiles with float16 scale bits and
+    N:M tiles (their n and m last), all C-contiguous and of that shape."""
     if isinstance(w, np.ndarray) and w.ndim == 2 and w.T.flags.c_contiguous:
         w = RowsDense(w.T)  # an output-major (in, out) array is its (out, in) rows
     if isinstance(w, RowsDense) and w.w.dtype == np.float32 and w.w.ndim == 2:
         arrays: tuple = (w.w,)
-    elif isinstance(w, TilesInt) and w.zero is None:
-        arrays = (w.q, w.scale)
+    elif isinstance(w, TilesInt):
+        arrays = (w.q, w.scale) if w.zero is None else (w.q, w.scale, w.zero)
     elif isinstance(w, TilesQ4_0) and w.d.dtype == np.uint16:
         arrays = (w.words, w.d)
     elif isinstance(w, TilesNM):
@@ -1077,12 +1080,14 @@ def block_args(w: Any, shape: tuple[int, int]) -> tuple | None:
 def block_linear(x: np.ndarray, w: tuple, bias: np.ndarray, y: np.ndarray, vnni: bool) -> None:
     """$y = xW + b$ for W as `block_args` gives it: the kernel `NumbaBackend.linear` would pick
     for the same form. Compiled code calls the `@overload` below, which picks by the tuple's
-    types (one array: dense rows; four items: N:M; uint32 words: Q4_0; int8 codes: tiles) when
-    it compiles."""
+    types (one array: dense rows; four items: N:M; three: tiles with zero points; uint32 words:
+    Q4_0; int8 codes: tiles) when it compiles."""
     if len(w) == 1:
         matmul_rows(x, w[0], bias, y)
     elif len(w) == 4:
         matmul_nm(x, *w, bias, y)
+    elif len(w) == 3:
+        matmul_tiles_zero(x, *w, bias, y)
     elif w[0].dtype == np.uint32:
         (matmul_q4_0_vnni if vnni else matmul_q4_0)(x, w[0], w[1], bias, y)
     else:
@@ -1101,6 +1106,11 @@ def _block_linear(x, w, bias, y, vnni):  # pragma: no cover - compiled
             matmul_nm(x, w[0], w[1], w[2], w[3], bias, y)
 
         return nm
+    if len(w) == 3:
+        def tiles_zero(x, w, bias, y, vnni):
+            matmul_tiles_zero(x, w[0], w[1], w[2], bias, y)
+
+        return tiles_zero
     if w[0].dtype == types.uint32:
         if not HAS_VNNI:  # vpdpbusd would not compile for this CPU
             def q4_0(x, w, bias, y, vnni):
@@ -1286,8 +1296,7 @@ class NumbaBackend(NumpyBackend):
         elif isinstance(w, TilesInt) and w.zero is None:
             matmul_tiles(x, w.q, w.scale, bias, y)
         elif isinstance(w, TilesInt):
-            xsum = x.reshape(N, w.scale.shape[1], -1).sum(-1)  # (N, blocks): the sum of x per block
-            matmul_tiles_zero(x, xsum, w.q, w.scale, w.zero, bias, y)
+            matmul_tiles_zero(x, w.q, w.scale, w.zero, bias, y)
         elif isinstance(w, TilesQ4_0):
             (matmul_q4_0_vnni if self._vnni(w) else matmul_q4_0)(x, w.words, w.d, bias, y)
         else:
@@ -1474,6 +1483,7 @@ class NumbaBackend(NumpyBackend):
                  lambda i, o: K.Int8PerChannel(codes(i, o), np.ones(o, np.float32)),
                  lambda i, o: K.Q8_0(codes(i, o), halves(i, o)),
                  lambda i, o: K.Q4_0(rng.integers(0, 256, (i // 2, o)).astype(np.uint8), halves(i, o)),
+                 lambda i, o: K.IntPerGroup(codes(i, o) // 16, halves(i, o), np.zeros((i // 32, o), np.int8), 4, 32),
                  lambda i, o: K.NMSparse(rng.standard_normal((i // 2, o)).astype(np.float32),
                                          np.tile(np.uint8([0, 2]), i // 4)[:, None].repeat(o, 1))]  # fmt: skip
         x = rng.standard_normal((1, C)).astype(np.float32)
