@@ -232,13 +232,12 @@ def _t(a: np.ndarray) -> np.ndarray:
 
 
 def _dequantize_rows(w: Any, o0: int, out: np.ndarray) -> None:
-    """Outputs o0 .. o0 + len(out) of a quantized kernel form, as float32 rows (in,) into `out`."""
+    """Outputs o0 .. o0 + len(out) of a tied head's kernel form (integer or Q4_0 tiles), as
+    float32 rows (in,) into `out`: the embedding lookup."""
     if isinstance(w, TilesInt):
         dequant_tiles(w.q, w.scale, *_zero_args(w), o0, out)
-    elif isinstance(w, TilesQ4_0):
-        dequant_q4_0(w.words, w.d, o0, out)
     else:
-        dequant_nm(w.values, w.indices, w.n, w.m, o0, out)
+        dequant_q4_0(w.words, w.d, o0, out)
 
 
 def _dequantize_cols(w: Any, t0: int, out: np.ndarray) -> None:
@@ -781,8 +780,8 @@ def matmul_q4_0_vnni(x, words, d, bias, y):  # pragma: no cover - compiled
 
 
 # ------------------------------------------------------------------------------------------
-# Dequantize into float32 for BLAS (the prefill path): tiles as columns (in, 64 per tile),
-# N:M as output rows o0.. (w, in); single rows of a tile also serve the embedding lookup.
+# Dequantize into float32 for BLAS (the prefill path): tiles as columns (in, 64 per tile);
+# single rows of a tile also serve the embedding lookup.
 # Serial on purpose: these run between BLAS calls, and OpenBLAS's threads keep spinning for a
 # while after each call. A parallel loop then waits for the thread that shares its core with
 # one of them (the 48 dequantizations of a 128-token GPT-2 prefill took 90-170 ms in parallel,
@@ -848,16 +847,6 @@ def dequant_q4_0(words, d, o0, out):  # pragma: no cover - compiled
             for k in range(8):
                 code = (w >> np.uint32(4 * k)) & low
                 out[j, 8 * c + k] = sc[lane] * (np.float32(code) - eight)
-
-
-@njit(**SERIAL)
-def dequant_nm(values, indices, n, m, o0, out):  # pragma: no cover - compiled
-    for j in range(out.shape[0]):
-        t, lane = (o0 + j) // LANES, (o0 + j) % LANES
-        for i in range(out.shape[1]):
-            out[j, i] = 0.0
-        for k in range(values.shape[1]):
-            out[j, (k // n) * m + indices[t, k, lane]] = values[t, k, lane]
 
 
 @njit(**SERIAL)
