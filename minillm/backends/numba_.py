@@ -1060,10 +1060,9 @@ def block_args(w: Any, shape: tuple[int, int]) -> tuple | None:
         arrays = (w.values, w.indices)
     else:
         return None
-    fits = _rows_shape(w) == shape[::-1] and all(a.flags.c_contiguous for a in arrays)
-    if isinstance(w, TilesNM):
-        return (*arrays, w.n, w.m) if fits else None
-    return arrays if fits else None
+    if _rows_shape(w) != shape[::-1] or not all(a.flags.c_contiguous for a in arrays):
+        return None
+    return (*arrays, w.n, w.m) if isinstance(w, TilesNM) else arrays
 
 
 def block_linear(x: np.ndarray, w: tuple, bias: np.ndarray, y: np.ndarray, vnni: bool) -> None:

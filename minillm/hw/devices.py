@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["DEVICES", "Device", "bandwidth_probe", "cache_path", "cpu_spec", "get_device"]
+__all__ = ["DEVICES", "Device", "bandwidth_probe", "cache_path", "cpu_spec", "fp32_peak", "get_device"]
 
 # Number formats a device may quote a peak for ("int8" counts integer ops as FLOPs).
 DTYPES = ("fp64", "fp32", "tf32", "bf16", "fp16", "fp8", "int8")
