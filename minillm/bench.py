@@ -331,12 +331,104 @@ def hf_generate_tok_s(peer_python: str, prompt_tokens: int = 16, new_tokens: int
 
     Like the shared baseline script, it times whole `generate` calls (prefill included) and
     keeps the best of `repeat`."""
+    return _run_peer(peer_python, HF_GENERATE, prompt_tokens, new_tokens, repeat)
+
+
+def _run_peer(python: str, script: str, *args: Any) -> dict:
+    """Run `script` in interpreter `python` with `args`; its last line of output, as JSON."""
     import json
     import subprocess
 
-    out = subprocess.run([peer_python, "-c", HF_GENERATE, str(prompt_tokens), str(new_tokens), str(repeat)],
-                         capture_output=True, text=True, check=True)  # fmt: skip
+    out = subprocess.run([python, "-c", script, *map(str, args)], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(f"the peer run by {python} failed (exit {out.returncode}):\n{out.stderr.strip()[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# llama.cpp (through llama-cpp-python) on the same GPT-2 124M shape: the CPU peer for the
+# quantized formats, with the same blocks (Q8_0, Q4_0: 32 weights and a float16 scale) and the
+# same work: batch 1, greedy, 2 threads. The GGUF files are written by the peer's own `gguf`
+# package from random weights (speed does not depend on their values), the LM head tied to the
+# token embedding as in GPT-2. Both scripts run in `llamacpp_python`, an interpreter with
+# `llama-cpp-python`, `gguf` and NumPy (how to make one: docs/backends.md).
+LLAMACPP_FORMATS = {"fp32": "F32", "q8_0": "Q8_0", "q4_0": "Q4_0"}  # our weights name: GGUF's type
+LLAMACPP_GGUF = """
+import sys, numpy as np, gguf
+from gguf import GGMLQuantizationType as T
+path, kind = sys.argv[1], sys.argv[2]
+L, H, C, V, N = map(int, sys.argv[3:8])  # blocks, heads, width, vocabulary, context
+rng = np.random.default_rng(0)
+w = gguf.GGUFWriter(path, "gpt2")
+w.add_context_length(N); w.add_embedding_length(C); w.add_feed_forward_length(4 * C)
+w.add_block_count(L); w.add_head_count(H); w.add_layer_norm_eps(1e-5)
+w.add_file_type({"F32": 0, "Q8_0": 7, "Q4_0": 2}[kind])
+w.add_tokenizer_model("gpt2"); w.add_tokenizer_pre("default")
+w.add_token_list([b"t%d" % i for i in range(V)]); w.add_token_types([1] * V); w.add_token_merges(["t 0"])
+w.add_bos_token_id(0); w.add_eos_token_id(1)
+def matrix(name, rows, cols):
+    a = (rng.standard_normal((rows, cols)) * 0.02).astype(np.float32)
+    if kind == "F32":
+        w.add_tensor(name, a)
+    else:
+        qt = getattr(T, kind)
+        w.add_tensor(name, gguf.quants.quantize(a, qt), raw_dtype=qt)
+def vector(name, n, value):
+    w.add_tensor(name, np.full(n, value, np.float32))
+matrix("token_embd.weight", V, C)  # the tied head: no output.weight
+w.add_tensor("position_embd.weight", (rng.standard_normal((N, C)) * 0.01).astype(np.float32))
+for i in range(L):
+    p = "blk.%d." % i
+    for norm in ("attn_norm", "ffn_norm"):
+        vector(p + norm + ".weight", C, 1.0); vector(p + norm + ".bias", C, 0.0)
+    for name, rows, cols in (("attn_qkv", 3 * C, C), ("attn_output", C, C), ("ffn_up", 4 * C, C),
+                             ("ffn_down", C, 4 * C)):
+        matrix(p + name + ".weight", rows, cols); vector(p + name + ".bias", rows, 0.0)
+vector("output_norm.weight", C, 1.0); vector("output_norm.bias", C, 0.0)
+w.write_header_to_file(); w.write_kv_data_to_file(); w.write_tensors_to_file(); w.close()
+print('{"written": "%s"}' % kind)
+"""
+LLAMACPP_DECODE = """
+import json, sys, time, numpy as np, llama_cpp
+path, prompt_n, new, repeat = sys.argv[1], *map(int, sys.argv[2:5])
+m = llama_cpp.Llama(model_path=path, n_ctx=128, n_batch=64, n_threads=2, n_threads_batch=2, verbose=False)
+prompt = list(range(2, 2 + prompt_n))
+best_p = best_d = float("inf")
+for r in range(repeat + 1):  # the first run warms up (the mapped file's pages, the thread pool)
+    m.reset()
+    t = time.perf_counter(); m.eval(prompt); tok = int(np.argmax(m.scores[m.n_tokens - 1]))
+    t_p = time.perf_counter() - t
+    t = time.perf_counter()
+    for _ in range(new - 1):  # as minillm's bench: the first new token comes from the prefill
+        m.eval([tok]); tok = int(np.argmax(m.scores[m.n_tokens - 1]))
+    t_d = time.perf_counter() - t
+    if r:
+        best_p, best_d = min(best_p, t_p), min(best_d, t_d)
+print(json.dumps({"prefill_tok_s": round(prompt_n / best_p, 2), "decode_tok_s": round((new - 1) / best_d, 2),
+                  "llama_cpp": llama_cpp.__version__}))
+"""
+
+
+def llamacpp_gguf(llamacpp_python: str, weights: str, directory: str | Path, config: Any = None) -> Path:
+    """Write a GGUF file of random weights in `weights` ("fp32", "q8_0" or "q4_0") into `directory`:
+    the shape of `config` (default: the GPT-2 124M preset), GGUF's "gpt2" architecture."""
+    from .config import GPTConfig
+
+    if weights not in LLAMACPP_FORMATS:
+        raise ValueError(f"llama.cpp peer formats are {sorted(LLAMACPP_FORMATS)}, got {weights!r}")
+    c = config or GPTConfig.preset("gpt2")
+    path = Path(directory) / f"gpt2-{weights}.gguf"
+    _run_peer(llamacpp_python, LLAMACPP_GGUF, path, LLAMACPP_FORMATS[weights], c.n_layer, c.n_head, c.n_embd,
+              c.vocab_size, c.block_size)  # fmt: skip
+    return path
+
+
+def llamacpp_decode_tok_s(llamacpp_python: str, path: str | Path, prompt_tokens: int = 16, new_tokens: int = 32,
+                          repeat: int = 3) -> dict:  # fmt: skip
+    """llama.cpp's prefill and decode tokens/s on GGUF file `path`, timed as `bench_decode` times
+    ours: a prompt of `prompt_tokens`, then `new_tokens` - 1 greedy steps; best of `repeat`
+    runs after a warm-up run."""
+    _check_counts(prompt_tokens=prompt_tokens, new_tokens=new_tokens, repeat=repeat)
+    return _run_peer(llamacpp_python, LLAMACPP_DECODE, path, prompt_tokens, new_tokens, repeat)
 
 
 def bench_products(model: GPT, backend: Any = "numpy", steps: int = 31, repeat: int = 3,
@@ -399,9 +491,11 @@ def bench_products(model: GPT, backend: Any = "numpy", steps: int = 31, repeat: 
 
 
 def bench_suite(rounds: int = 3, peer_python: str | None = None, kv_cache: bool = True,
-                progress: bool = True) -> dict[str, Any]:  # fmt: skip
+                progress: bool = True, llamacpp_python: str | None = None) -> dict[str, Any]:  # fmt: skip
     """Every `SUITE` entry, `rounds` times interleaved (so a noisy minute hits all of them), plus
-    transformers' generate (if `peer_python` is given) and the KV-cache speed-ups.
+    transformers' generate (if `peer_python` is given), llama.cpp on the GPT-2 shape in float32,
+    Q8_0 and Q4_0 (if `llamacpp_python` is given: each right after Numba's entry of the same
+    format, with its own limit) and the KV-cache speed-ups.
 
     Each round runs `bench_decode` (best of 3 runs of prompt 16 + 32 new tokens) per entry, and
     on the GPT-2 shape `bench_products` (the step's products alone); the result keeps every
@@ -417,14 +511,24 @@ def bench_suite(rounds: int = 3, peer_python: str | None = None, kv_cache: bool 
     from .hw.devices import Device, bandwidth_probe, fp32_peak
     from .io import load
 
-    base = {"gpt2": GPT(GPTConfig.preset("gpt2"), seed=0), "teacher": load("teacher")}
+    gpt2 = GPTConfig.preset("gpt2")
+    base = {"gpt2": GPT(gpt2, seed=0), "teacher": load("teacher")}
     models = {(name, weights): with_weights(base[name], weights) for name, _, weights in SUITE}
-    runs: dict[str, list[dict[str, Any]]] = {f"{m}/{b}/{w}": [] for m, b, w in SUITE}
+    ggufs: dict[str, Path] = {}
+    if llamacpp_python:
+        import tempfile
+
+        gguf_dir = tempfile.TemporaryDirectory(prefix="minillm-gguf-")  # removed when the suite returns
+        ggufs = {w: llamacpp_gguf(llamacpp_python, w, gguf_dir.name) for w in LLAMACPP_FORMATS}
+    runs: dict[str, list[dict[str, Any]]] = {f"gpt2/{b}/{w}": [] for _, b, w in SUITE if _ == "gpt2"}
+    runs |= {f"gpt2/llama.cpp/{w}": [] for w in ggufs}  # the peer's rows after ours on the same shape
+    runs |= {f"{m}/{b}/{w}": [] for m, b, w in SUITE if m != "gpt2"}
     peer: list[float] = []
     peaks: list[float] = []  # this CPU's float32 FLOP/s, every round (the limits: per entry, below)
     timeline: list[dict[str, Any]] = []
     probe, start = bandwidth_probe(), time.perf_counter()
-    bar = tqdm(total=rounds * (len(SUITE) + (peer_python is not None)), desc="bench suite", disable=not progress)
+    bar = tqdm(total=rounds * (len(SUITE) + (peer_python is not None) + len(ggufs)), desc="bench suite",
+               disable=not progress)  # fmt: skip
     for _ in range(rounds):
         peaks.append(fp32_peak())
         for name, backend, weights in SUITE:
@@ -440,6 +544,21 @@ def bench_suite(rounds: int = 3, peer_python: str | None = None, kv_cache: bool 
             if peer_python and (name, backend, weights) == ("gpt2", "numpy", "fp32"):
                 peer.append(hf_generate_tok_s(peer_python)["decode_tok_s"])
                 bar.update()
+            if llamacpp_python and name == "gpt2" and backend == "numba" and weights in ggufs:
+                t_s, bandwidth = time.perf_counter() - start, probe() / 1e9
+                time.sleep(SETTLE_S)
+                peer_res = llamacpp_decode_tok_s(llamacpp_python, ggufs[weights], 16, 32, repeat=3)
+                # The same blocks as ours, but llama.cpp keeps its KV cache in float16: half our cache bytes.
+                cache_bytes = 2 * gpt2.n_layer * (16 + 32 // 2) * gpt2.n_embd * 4
+                nbytes = res["bytes_per_token"] - cache_bytes // 2
+                gb_s = round(nbytes * peer_res["decode_tok_s"] / 1e9, 2)
+                runs[f"gpt2/llama.cpp/{weights}"].append(
+                    peer_res | {"bytes_per_token": nbytes, "achieved_gb_s": gb_s, "bandwidth_gb_s": round(bandwidth, 2),
+                                "roofline_tok_s": round(bandwidth * 1e9 / nbytes, 2),
+                                "roofline_frac": round(gb_s / bandwidth, 3)})  # fmt: skip
+                timeline.append({"t_s": round(t_s, 1), "entry": f"gpt2/llama.cpp/{weights}",
+                                 "limit_gb_s": round(bandwidth, 2), "achieved_gb_s": gb_s})  # fmt: skip
+                bar.update()
     bar.close()
     rows = []
     for key, rs in runs.items():
@@ -452,8 +571,11 @@ def bench_suite(rounds: int = 3, peer_python: str | None = None, kv_cache: bool 
                      "median_gb_s": float(np.median([r["achieved_gb_s"] for r in rs])),
                      "bandwidth_gb_s": [r["bandwidth_gb_s"] for r in rs],  # its limit, each round
                      "roofline_tok_s": float(np.median([r["roofline_tok_s"] for r in rs])),
-                     "roofline_frac": float(np.median([r["roofline_frac"] for r in rs])),
-                     "warmup_s": float(np.median([r["warmup_s"] for r in rs]))})  # fmt: skip
+                     "roofline_frac": float(np.median([r["roofline_frac"] for r in rs]))})  # fmt: skip
+        if backend == "llama.cpp":
+            rows[-1] |= {"peer": True, "llama_cpp": rs[0]["llama_cpp"]}
+        else:
+            rows[-1]["warmup_s"] = float(np.median([r["warmup_s"] for r in rs]))
         if "products_frac" in rs[0]:
             rows[-1] |= {"products_ms": float(np.median([r["products_ms"] for r in rs])),
                          "products_frac": float(np.median([r["products_frac"] for r in rs]))}  # fmt: skip
@@ -471,6 +593,8 @@ def bench_suite(rounds: int = 3, peer_python: str | None = None, kv_cache: bool 
               "jax fp32 / numpy fp32 (teacher)": ratio("teacher/jax/fp32", "teacher/numpy/fp32")}  # fmt: skip
     if peer:
         ratios = {"numpy fp32 / transformers generate (gpt2)": ratio("gpt2/numpy/fp32", peer)} | ratios
+    for w in ggufs:  # no target: where our kernels stand against the formats' own implementation
+        ratios[f"numba {w} / llama.cpp {w} (gpt2)"] = ratio(f"gpt2/numba/{w}", f"gpt2/llama.cpp/{w}")
     limits = [e["limit_gb_s"] for e in timeline]
     bw = float(np.median(limits)) * 1e9
     peak = float(np.median(peaks))
@@ -500,17 +624,19 @@ def plot_timeline(result: dict[str, Any], path: str | Path) -> Path:
     gpt2 = [e for e in timeline if e["entry"].startswith("gpt2/")]
     if not gpt2:
         raise ValueError("the result has no GPT-2 entries in its timeline (a `bench_suite` result has them)")
-    fig, ax = plt.subplots(figsize=(9, 4.5))
+    fig, ax = plt.subplots(figsize=(11, 4.5))
     ax.step([e["t_s"] / 60 for e in timeline], [e["limit_gb_s"] for e in timeline], where="post", color="0.5",
             label="bandwidth limit, measured before each entry (the teacher's too)")  # fmt: skip
     for entry in dict.fromkeys(e["entry"] for e in gpt2):
         pts = [(e["t_s"] / 60, e["achieved_gb_s"]) for e in gpt2 if e["entry"] == entry]
-        ax.plot(*zip(*pts, strict=True), "o", ms=4, label=entry.removeprefix("gpt2/"))
+        peer = "/llama.cpp/" in entry  # a peer's points: crosses, ours: dots
+        ax.plot(*zip(*pts, strict=True), "x" if peer else "o", ms=5 if peer else 4,
+                label=entry.removeprefix("gpt2/") + (" (peer)" if peer else ""))  # fmt: skip
     ax.set_xlabel("minutes since the suite started")
     ax.set_ylabel("GB/s")
     ax.set_ylim(bottom=0)
     ax.set_title("GPT-2 decode: achieved bandwidth against the limit at that moment")
-    ax.legend(fontsize=8, ncol=2, loc="lower right")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: no point hidden
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=120)

@@ -191,7 +191,7 @@ def cmd_bench(a: argparse.Namespace) -> int:
     if a.suite:
         from .bench import bench_suite, plot_timeline
 
-        res = bench_suite(rounds=a.repeat, peer_python=a.peer_python)
+        res = bench_suite(rounds=a.repeat, peer_python=a.peer_python, llamacpp_python=a.llamacpp_python)
         print(json.dumps(res["ratios"], indent=2))
         _write_json(a.suite, res)
         print(f"wrote {a.suite} and {plot_timeline(res, Path(a.suite).with_suffix('.png'))}")
@@ -342,6 +342,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "timeline plot next to it (.png)")
     b.add_argument("--peer-python", metavar="PYTHON", help="with --suite: an interpreter with torch and "
                    "transformers, to time transformers' generate in the same run")  # fmt: skip
+    b.add_argument("--llamacpp-python", metavar="PYTHON", help="with --suite: an interpreter with "
+                   "llama-cpp-python, gguf and numpy, to time llama.cpp on the gpt2 shape in fp32, q8_0 and q4_0 "
+                   "in the same run")  # fmt: skip
     b.add_argument("--products", action="store_true", help="also time the step's matrix products alone "
                    "(products_ms, products_gb_s, products_frac: how much of the step the kernels are)")  # fmt: skip
     b.add_argument("--no-bandwidth", dest="bandwidth", action="store_false",

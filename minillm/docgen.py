@@ -146,11 +146,18 @@ def render_bench(result: dict[str, Any]) -> str:
     for r in result["decode"]:
         lo, hi = min(r["decode_tok_s"]), max(r["decode_tok_s"])
         alone = f"{100 * r['products_frac']:.1f} %" if "products_frac" in r else "–"
-        out.append(f"| {r['model']} | {r['backend']} | {r['weights']} | {r['median_tok_s']:.1f} | {lo:.0f}–{hi:.0f} "
+        backend = f"{r['backend']} (peer)" if r.get("peer") else r["backend"]
+        out.append(f"| {r['model']} | {backend} | {r['weights']} | {r['median_tok_s']:.1f} | {lo:.0f}–{hi:.0f} "
                    f"| {r['prefill_tok_s']:.0f} | {r['bytes_per_token'] / 1e6:.1f} MB | {r['median_gb_s']:.1f} "
                    f"| {100 * r['roofline_frac']:.1f} % | {alone} |")  # fmt: skip
     if result.get("timeline"):
         out += ["", "![GPT-2 decode against the bandwidth limit over the suite's run](results/bench.png)"]
+    if any(r.get("peer") for r in result["decode"]):
+        version = next(r["llama_cpp"] for r in result["decode"] if r.get("peer"))
+        out += ["", f"llama.cpp (peer): llama-cpp-python {version} with 2 threads on GGUF files of the same shape "
+                    f"(random weights, the head tied to the embedding), timed as ours (decode after a 16-token "
+                    f"prompt, best of 3 runs after a warm-up), each right after Numba's entry of the same format; its "
+                    f"bytes per token are ours less half the KV cache (llama.cpp keeps it in float16)."]  # fmt: skip
     if result.get("transformers_tok_s"):
         t = result["transformers_tok_s"]
         out += ["", f"transformers' `generate` (PyTorch, same shape and run, prefill included as in its usual "
@@ -166,7 +173,8 @@ def render_bench(result: dict[str, Any]) -> str:
         out.append(f"| {name} {goal} | {shown}× | {', '.join(f'{v:.2f}' for v in r['per_round'])} "
                    f"| {verdict} |")  # fmt: skip
     below = [f"{r['backend']} {r['weights']} ({100 * r['roofline_frac']:.1f} %)"
-             for r in result["decode"] if r["model"] == "gpt2" and r["roofline_frac"] < ROOFLINE_TARGET]  # fmt: skip
+             for r in result["decode"]
+             if r["model"] == "gpt2" and not r.get("peer") and r["roofline_frac"] < ROOFLINE_TARGET]  # fmt: skip
     out += ["", f"GPT-2 shape, every format at ≥ {100 * ROOFLINE_TARGET:.0f} % of its bandwidth limit: "
                 + ("met." if not below else f"**missed** by {', '.join(below)}.")
                 + " (The teacher's few MB fit in the CPU's caches, so main-memory bandwidth does not bound it; "
