@@ -334,6 +334,22 @@ def hf_generate_tok_s(peer_python: str, prompt_tokens: int = 16, new_tokens: int
     return _run_peer(peer_python, HF_GENERATE, prompt_tokens, new_tokens, repeat)
 
 
+# What each peer's interpreter must import, and how to make one.
+PEERS = {"transformers": (("torch", "transformers"), "pip install torch transformers"),
+         "llama.cpp": (("llama_cpp", "gguf", "numpy"), "pip install llama-cpp-python gguf numpy")}  # fmt: skip
+
+
+def check_peer(python: str, peer: str) -> None:
+    """Fail now, before a suite's minutes of work, if interpreter `python` cannot run `peer`
+    ("transformers" or "llama.cpp"): it is missing, or one of the peer's modules does not import."""
+    modules, install = PEERS[peer]
+    try:
+        _run_peer(python, f"import {', '.join(modules)}; print('{{}}')")
+    except (OSError, RuntimeError) as e:
+        raise RuntimeError(f"{python} cannot run the {peer} peer (it needs {', '.join(modules)}; in a venv: "
+                           f"{install}): {str(e).splitlines()[-1]}") from e  # fmt: skip
+
+
 def _run_peer(python: str, script: str, *args: Any) -> dict:
     """Run `script` in interpreter `python` with `args`; its last line of output, as JSON."""
     import json
@@ -510,6 +526,10 @@ def bench_suite(rounds: int = 3, peer_python: str | None = None, kv_cache: bool 
     from .config import GPTConfig
     from .hw.devices import Device, bandwidth_probe, fp32_peak
     from .io import load
+
+    for python, peer in ((peer_python, "transformers"), (llamacpp_python, "llama.cpp")):
+        if python:
+            check_peer(python, peer)
 
     gpt2 = GPTConfig.preset("gpt2")
     base = {"gpt2": GPT(gpt2, seed=0), "teacher": load("teacher")}

@@ -122,6 +122,7 @@ def test_bench_suite_times_llamacpp_after_numbas_entry_with_its_own_limit(monkey
     monkeypatch.setattr(bench, "with_weights", lambda model, weights: model)
     monkeypatch.setattr(bench, "bench_decode", fake_decode)
     monkeypatch.setattr(bench, "bench_products", lambda *a, **k: {})
+    monkeypatch.setattr(bench, "check_peer", lambda python, peer: written.append((python, peer)))
     monkeypatch.setattr(bench, "llamacpp_gguf", lambda py, w, d: written.append(w) or tmp_path / f"{w}.gguf")
     monkeypatch.setattr(bench, "llamacpp_decode_tok_s",
                         lambda py, path, p, n, repeat: {"decode_tok_s": 50.0 + len(probes), "prefill_tok_s": 9.0,
@@ -130,7 +131,7 @@ def test_bench_suite_times_llamacpp_after_numbas_entry_with_its_own_limit(monkey
     monkeypatch.setattr(devices, "fp32_peak", lambda: 1e11)
     monkeypatch.setattr("minillm.io.load", lambda name: "the teacher")
     res = bench.bench_suite(rounds=2, kv_cache=False, progress=False, llamacpp_python="peer-python")
-    assert written == ["fp32", "q8_0", "q4_0"]
+    assert written == [("peer-python", "llama.cpp"), "fp32", "q8_0", "q4_0"]
     entries = [e["entry"] for e in res["timeline"]]
     for w in ("fp32", "q8_0", "q4_0"):
         i = entries.index(f"gpt2/numba/{w}")
@@ -168,3 +169,23 @@ def test_render_bench_labels_peers_and_holds_only_our_formats_to_the_limit():
     assert "| gpt2 | llama.cpp (peer) | q4_0 | 200.0 |" in text and "llama-cpp-python 0.3.36" in text
     assert "every format at ≥ 75 % of its bandwidth limit: met." in text  # the peer's 30 % is not ours
     assert "| numba q4_0 / llama.cpp q4_0 (gpt2)  | 2.50× | 2.50 |  |" in text  # no target: no verdict
+
+
+def test_a_peer_interpreter_that_cannot_run_fails_before_any_work(monkeypatch, tmp_path, capsys):
+    """A missing interpreter, or one without the peer's modules, stops the suite at once with
+    one line that says what it needs — not after minutes of benchmarks."""
+    from minillm.cli import main
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("the suite measured something although its peer cannot run")
+
+    monkeypatch.setattr(bench, "bench_decode", must_not_run)
+    monkeypatch.setattr(bench, "GPT", must_not_run)
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--suite", str(out), "--llamacpp-python", str(tmp_path / "no-python")]) == 2
+    err = capsys.readouterr().err
+    assert "cannot run the llama.cpp peer" in err and "llama-cpp-python" in err and len(err.strip().splitlines()) == 1
+    # this interpreter runs but has no torch: the transformers peer is refused the same way
+    monkeypatch.setitem(bench.PEERS, "transformers", (("no_such_module_here",), "pip install it"))
+    assert main(["bench", "--suite", str(out), "--peer-python", sys.executable]) == 2
+    assert "No module named 'no_such_module_here'" in capsys.readouterr().err and not out.exists()
