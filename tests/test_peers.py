@@ -18,9 +18,9 @@ __version__ = "fake"
 LOG = os.environ["FAKE_LLAMA_LOG"]
 
 class Llama:
-    def __init__(self, model_path, n_ctx, n_batch, n_threads, n_threads_batch, verbose):
+    def __init__(self, model_path, n_ctx, n_batch, n_threads, n_threads_batch, flash_attn, verbose):
         self.n_tokens, self.scores = 0, np.zeros((n_ctx, 50), np.float32)
-        self.log("init", model_path, n_threads)
+        self.log("init", model_path, n_threads, flash_attn)
 
     def log(self, *event):
         with open(LOG, "a") as f:
@@ -50,7 +50,7 @@ def test_llamacpp_decode_script_runs_prompt_then_greedy_steps(tmp_path, monkeypa
     res = bench.llamacpp_decode_tok_s(sys.executable, "model.gguf", prompt_tokens=5, new_tokens=4, repeat=2)
     assert res["llama_cpp"] == "fake" and res["decode_tok_s"] > 0 and res["prefill_tok_s"] > 0
     events = [json.loads(line) for line in log.read_text().splitlines()]
-    assert events[0] == ["init", "model.gguf", 2]
+    assert events[0] == ["init", "model.gguf", 2, True]  # two threads, its faster attention
     one_run = [["reset"], ["eval", [2, 3, 4, 5, 6]], ["eval", [7]], ["eval", [8]], ["eval", [9]]]
     assert events[1:] == one_run * 3  # warm-up + 2 timed runs
     with pytest.raises(ValueError, match="repeat"):
