@@ -188,6 +188,9 @@ def cmd_bench(a: argparse.Namespace) -> int:
     from .nn.gpt import GPT
 
     backends.get(a.backend)  # an unknown or unavailable backend fails before any work
+    for option in ("peer_python", "llamacpp_python"):  # the peers run only in the suite
+        if getattr(a, option) and not a.suite:
+            raise ValueError(f"--{option.replace('_', '-')} times a peer in the suite: use it with --suite PATH")
     if a.suite:
         from .bench import bench_suite, plot_timeline
 

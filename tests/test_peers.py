@@ -189,3 +189,12 @@ def test_a_peer_interpreter_that_cannot_run_fails_before_any_work(monkeypatch, t
     monkeypatch.setitem(bench.PEERS, "transformers", (("no_such_module_here",), "pip install it"))
     assert main(["bench", "--suite", str(out), "--peer-python", sys.executable]) == 2
     assert "No module named 'no_such_module_here'" in capsys.readouterr().err and not out.exists()
+
+
+def test_peer_options_need_the_suite(capsys):
+    """Without --suite the peers would not run: say so instead of ignoring the option."""
+    from minillm.cli import main
+
+    for option in ("--peer-python", "--llamacpp-python"):
+        assert main(["bench", "--model", "teacher", option, sys.executable]) == 2
+        assert f"{option} times a peer in the suite" in capsys.readouterr().err
