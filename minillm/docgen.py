@@ -123,9 +123,13 @@ def _gb_range(result: dict[str, Any]) -> str:
     return f", from {lo_hi[0]:g} to {lo_hi[1]:g} GB/s in this run (the plot below)" if lo_hi else ""
 
 
+def _ordinal(k: int) -> str:
+    return {1: "1st", 2: "2nd", 3: "3rd"}.get(k, f"{k}th")
+
+
 def render_bench(result: dict[str, Any]) -> str:
     """The measured speed table of docs/backends.md, with every target met or missed."""
-    from .bench import SETTLE_S
+    from .bench import SETTLE_S, median_interval, median_order
 
     m, th = result["machine"], result.get("threads", {})
     out = [f"Measured on {m['cpu']} ({m['cores']} cores), {m['date']}; Python {m['python']}, NumPy {m['numpy']}; "
@@ -162,16 +166,28 @@ def render_bench(result: dict[str, Any]) -> str:
         t = result["transformers_tok_s"]
         out += ["", f"transformers' `generate` (PyTorch, same shape and run, prefill included as in its usual "
                     f"benchmark): {', '.join(f'{v:.1f}' for v in t)} tok/s."]  # fmt: skip
-    out += ["", "| target | measured (median) | each round | |", "|---|---|---|---|"]
+    out += ["", "| target | measured (median) | interval of the median | each round | |", "|---|---|---|---|---|"]
+    rounds = set()
     for name, r in result["ratios"].items():
         need = SPEED_TARGETS.get(name)
+        lo, hi, _ = median_interval(r["per_round"])
+        rounds.add(len(r["per_round"]))
         verdict = "" if need is None else ("met" if r["median"] >= need else "**missed**")
+        if need is not None and lo < need <= hi:
+            verdict += ", but the interval straddles the line"
         goal = f"≥ {need:g}×" if need is not None else ""
         shown = f"{r['median']:.2f}"
         if need is not None and (float(shown) >= need) != (r["median"] >= need):
             shown = f"{r['median']:.3f}"  # 2.497 is not 2.50: show the digit that decides
-        out.append(f"| {name} {goal} | {shown}× | {', '.join(f'{v:.2f}' for v in r['per_round'])} "
+        out.append(f"| {name} {goal} | {shown}× | {lo:.2f}–{hi:.2f} | {', '.join(f'{v:.2f}' for v in r['per_round'])} "
                    f"| {verdict} |")  # fmt: skip
+    orders = [(n, *median_order(n)) for n in sorted(rounds)]
+    out += ["", "Interval of the median: " + "; ".join(
+        f"with {n} round{'s' * (n != 1)}, from the {_ordinal(k)} smallest to the {_ordinal(k)} largest ratio, which "
+        f"holds the median of the distribution the rounds come from with probability {100 * c:.1f} %"
+        for n, k, c in orders)
+        + " if the rounds are independent draws (order statistics, `bench.median_interval`). A target whose "
+        "interval straddles its line is one this run cannot settle either way."]  # fmt: skip
     below = [f"{r['backend']} {r['weights']} ({100 * r['roofline_frac']:.1f} %)"
              for r in result["decode"]
              if r["model"] == "gpt2" and not r.get("peer") and r["roofline_frac"] < ROOFLINE_TARGET]  # fmt: skip

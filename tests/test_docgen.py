@@ -34,10 +34,15 @@ def test_render_bench_states_every_target_met_or_missed():
                          "jax fp32 / numpy fp32 (gpt2)": {"per_round": [0.8], "median": 0.8},
                          "jax fp32 / numpy fp32 (teacher)": {"per_round": [0.997], "median": 0.997}}}
     text = docgen.render_bench(result)
-    assert "| numba int8 / numpy fp32 (gpt2) ≥ 3× | 3.10× | 3.20, 2.90, 3.10 | met |" in text
-    assert "| jax fp32 / numpy fp32 (gpt2) ≥ 1× | 0.80× | 0.80 | **missed** |" in text
+    # three rounds: the interval of the median is their whole range (75 %), which holds the line
+    assert "| numba int8 / numpy fp32 (gpt2) ≥ 3× | 3.10× | 2.90–3.20 | 3.20, 2.90, 3.10 | met, but the interval " \
+           "straddles the line |" in text
+    assert "| jax fp32 / numpy fp32 (gpt2) ≥ 1× | 0.80× | 0.80–0.80 | 0.80 | **missed** |" in text
     # a median that rounds up to the target is shown with the digit that misses it
-    assert "| jax fp32 / numpy fp32 (teacher) ≥ 1× | 0.997× | 1.00 | **missed** |" in text
+    assert "| jax fp32 / numpy fp32 (teacher) ≥ 1× | 0.997× | 1.00–1.00 | 1.00 | **missed** |" in text
+    assert "with 1 round, from the 1st smallest" in text
+    assert "with 3 rounds, from the 1st smallest to the 1st largest ratio, which holds the median of the " \
+           "distribution the rounds come from with probability 75.0 %" in text
     assert "**missed** by jax fp32 (50.0 %)." in text and "90.0 | 80–100 |" in text
     assert "results/bench.png" not in text and "in this run" not in text  # no timeline: no plot, no range
     timed = dict(result, bandwidth_range_gb_s=[38.5, 72.0], timeline=[{"t_s": 0.0, "entry": "gpt2/numpy/fp32"}])

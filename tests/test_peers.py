@@ -168,7 +168,7 @@ def test_render_bench_labels_peers_and_holds_only_our_formats_to_the_limit():
     text = docgen.render_bench(result)
     assert "| gpt2 | llama.cpp (peer) | q4_0 | 200.0 |" in text and "llama-cpp-python 0.3.36" in text
     assert "every format at ≥ 75 % of its bandwidth limit: met." in text  # the peer's 30 % is not ours
-    assert "| numba q4_0 / llama.cpp q4_0 (gpt2)  | 2.50× | 2.50 |  |" in text  # no target: no verdict
+    assert "| numba q4_0 / llama.cpp q4_0 (gpt2)  | 2.50× | 2.50–2.50 | 2.50 |  |" in text  # no target: no verdict
 
 
 def test_a_peer_interpreter_that_cannot_run_fails_before_any_work(monkeypatch, tmp_path, capsys):

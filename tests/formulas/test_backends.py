@@ -73,3 +73,34 @@ def test_fused_dequant_matmul(method):
     y = nb.linear(x.astype(np.float32), w, None)
     bound = (128 + 4) * 2.0**-24 * (np.abs(x) @ (np.abs(w.dequantize()) + 16 * np.abs(np.repeat(scale, 32, 0))))
     assert np.all(np.abs(y - exact) <= bound)
+
+
+@pytest.mark.formula("backends.median-interval")
+def test_median_interval_coverage():
+    """The coverage of $[x_{(k)}, x_{(n+1-k)}]$, checked two ways: by enumerating which of the n
+    values fall below the median (each does with probability 1/2; the interval holds the median
+    exactly when at least k fall on each side), and by drawing from a skewed distribution."""
+    from itertools import product
+
+    from minillm.bench import median_interval, median_order
+
+    for n in range(1, 13):
+        k, cover = median_order(n)
+        for kk in range(1, (n + 1) // 2 + 1):
+            hits = sum(kk <= sum(below) <= n - kk for below in product((0, 1), repeat=n))
+            enumerated = hits / 2**n
+            if kk == k:
+                assert cover == pytest.approx(enumerated, abs=1e-15)
+            if kk == k + 1:
+                assert enumerated < 0.95  # k is the narrowest interval that still reaches 95 %
+        assert cover >= 0.95 or k == 1
+    assert median_order(9) == (2, 1 - 2 * (1 + 9) / 512)  # the suite's 9 rounds: 2nd and 8th, 96.1 %
+    # 40,000 samples of 9 draws from an exponential distribution (median ln 2, far from its mean)
+    draws = np.random.default_rng(5).exponential(size=(40_000, 9))
+    held = np.mean([lo <= np.log(2) <= hi for lo, hi, _ in map(median_interval, draws)])
+    assert held == pytest.approx(1 - 2 * 10 / 512, abs=0.005)  # 5 standard errors
+    for bad in ([], [1.0, np.nan]):
+        with pytest.raises(ValueError, match="finite and not empty"):
+            median_interval(bad)
+    with pytest.raises(ValueError, match="confidence"):
+        median_interval([1.0, 2.0], confidence=1.0)
