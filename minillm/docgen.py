@@ -188,7 +188,17 @@ def render_bench(result: dict[str, Any]) -> str:
         for n, k, c in orders)
         + " if the rounds are independent draws (order statistics, `bench.median_interval`). A target whose "
         "interval straddles its line is one this run cannot settle either way."]  # fmt: skip
-    below = [f"{r['backend']} {r['weights']} ({100 * r['roofline_frac']:.1f} %)"
+    def fraction(r: dict[str, Any]) -> str:
+        """The median fraction, and the interval of its median over the rounds (when they are kept)."""
+        text = f"{100 * r['roofline_frac']:.1f} %"
+        if len(r.get("bandwidth_gb_s") or []) == len(r["decode_tok_s"]):
+            per_round = [t * r["bytes_per_token"] / 1e9 / bw for t, bw in zip(r["decode_tok_s"], r["bandwidth_gb_s"],
+                                                                              strict=True)]  # fmt: skip
+            lo, hi, _ = median_interval(per_round)
+            text += f"; its median's interval {100 * lo:.0f}–{100 * hi:.0f} %"
+        return text
+
+    below = [f"{r['backend']} {r['weights']} ({fraction(r)})"
              for r in result["decode"]
              if r["model"] == "gpt2" and not r.get("peer") and r["roofline_frac"] < ROOFLINE_TARGET]  # fmt: skip
     out += ["", f"GPT-2 shape, every format at ≥ {100 * ROOFLINE_TARGET:.0f} % of its bandwidth limit: "

@@ -45,6 +45,10 @@ def test_render_bench_states_every_target_met_or_missed():
            "distribution the rounds come from with probability 75.0 %" in text
     assert "**missed** by jax fp32 (50.0 %)." in text and "90.0 | 80–100 |" in text
     assert "results/bench.png" not in text and "in this run" not in text  # no timeline: no plot, no range
+    # with each round's limit kept, a miss shows the interval of its median fraction (3 rounds: their range)
+    kept = dict(slow, bandwidth_gb_s=[100.0, 100.0, 100.0])  # 90, 100, 80 tok/s x 497 MB: 44.7, 49.7, 39.8 %
+    text = docgen.render_bench(dict(result, decode=[row, kept, small]))
+    assert "**missed** by jax fp32 (50.0 %; its median's interval 40–50 %)." in text
     timed = dict(result, bandwidth_range_gb_s=[38.5, 72.0], timeline=[{"t_s": 0.0, "entry": "gpt2/numpy/fp32"}])
     text = docgen.render_bench(timed)
     assert "median 50.0 GB/s, from 38.5 to 72 GB/s in this run" in text and "(results/bench.png)" in text
