@@ -577,7 +577,7 @@ def bench_suite(rounds: int = 3, peer_python: str | None = None, kv_cache: bool 
 
         gguf_dir = tempfile.TemporaryDirectory(prefix="minillm-gguf-")  # removed when the suite returns
         ggufs = {w: llamacpp_gguf(llamacpp_python, w, gguf_dir.name) for w in LLAMACPP_FORMATS}
-    runs: dict[str, list[dict[str, Any]]] = {f"gpt2/{b}/{w}": [] for _, b, w in SUITE if _ == "gpt2"}
+    runs: dict[str, list[dict[str, Any]]] = {f"gpt2/{b}/{w}": [] for m, b, w in SUITE if m == "gpt2"}
     runs |= {f"gpt2/llama.cpp/{w}": [] for w in ggufs}  # the peer's rows after ours on the same shape
     runs |= {f"{m}/{b}/{w}": [] for m, b, w in SUITE if m != "gpt2"}
     peer: list[float] = []
@@ -607,7 +607,7 @@ def bench_suite(rounds: int = 3, peer_python: str | None = None, kv_cache: bool 
                 peer_res = llamacpp_decode_tok_s(llamacpp_python, ggufs[weights], 16, 32, repeat=3)
                 # The same blocks as ours, but llama.cpp keeps its KV cache in float16: half our cache bytes.
                 cache_bytes = 2 * gpt2.n_layer * (16 + 32 // 2) * gpt2.n_embd * 4
-                nbytes = res["bytes_per_token"] - cache_bytes // 2
+                nbytes = res["bytes_per_token"] - cache_bytes // 2  # res: Numba's entry of this format, just run
                 gb_s = round(nbytes * peer_res["decode_tok_s"] / 1e9, 2)
                 runs[f"gpt2/llama.cpp/{weights}"].append(
                     peer_res | {"bytes_per_token": nbytes, "achieved_gb_s": gb_s, "bandwidth_gb_s": round(bandwidth, 2),

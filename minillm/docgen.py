@@ -188,6 +188,7 @@ def render_bench(result: dict[str, Any]) -> str:
         for n, k, c in orders)
         + " if the rounds are independent draws (order statistics, `bench.median_interval`). A target whose "
         "interval straddles its line is one this run cannot settle either way."]  # fmt: skip
+
     def fraction(r: dict[str, Any]) -> str:
         """The median fraction, and the interval of its median over the rounds (when they are kept)."""
         text = f"{100 * r['roofline_frac']:.1f} %"
