@@ -408,6 +408,7 @@ import sys, numpy as np, gguf
 from gguf import GGMLQuantizationType as T
 path, kind = sys.argv[1], sys.argv[2]
 L, H, C, V, N = map(int, sys.argv[3:8])  # blocks, heads, width, vocabulary, context
+given = np.load(sys.argv[8], allow_pickle=False) if len(sys.argv) > 8 else None  # GGUF name: (rows, cols)
 rng = np.random.default_rng(0)
 w = gguf.GGUFWriter(path, "gpt2")
 w.add_context_length(N); w.add_embedding_length(C); w.add_feed_forward_length(4 * C)
@@ -417,16 +418,17 @@ w.add_tokenizer_model("gpt2"); w.add_tokenizer_pre("default")
 w.add_token_list([b"t%d" % i for i in range(V)]); w.add_token_types([1] * V); w.add_token_merges(["t 0"])
 w.add_bos_token_id(0); w.add_eos_token_id(1)
 def matrix(name, rows, cols):
-    a = (rng.standard_normal((rows, cols)) * 0.02).astype(np.float32)
+    a = (rng.standard_normal((rows, cols)) * 0.02).astype(np.float32) if given is None else given[name]
     if kind == "F32":
         w.add_tensor(name, a)
     else:
         qt = getattr(T, kind)
         w.add_tensor(name, gguf.quants.quantize(a, qt), raw_dtype=qt)
 def vector(name, n, value):
-    w.add_tensor(name, np.full(n, value, np.float32))
+    w.add_tensor(name, np.full(n, value, np.float32) if given is None else given[name])
 matrix("token_embd.weight", V, C)  # the tied head: no output.weight
-w.add_tensor("position_embd.weight", (rng.standard_normal((N, C)) * 0.01).astype(np.float32))
+w.add_tensor("position_embd.weight", (rng.standard_normal((N, C)) * 0.01).astype(np.float32) if given is None
+             else given["position_embd.weight"])
 for i in range(L):
     p = "blk.%d." % i
     for norm in ("attn_norm", "ffn_norm"):
@@ -461,17 +463,39 @@ print(json.dumps({"prefill_tok_s": round(prompt_n / best_p, 2), "decode_tok_s": 
 """
 
 
-def llamacpp_gguf(llamacpp_python: str, weights: str, directory: str | Path, config: Any = None) -> Path:
-    """Write a GGUF file of random weights in `weights` ("fp32", "q8_0" or "q4_0") into `directory`:
-    the shape of `config` (default: the GPT-2 124M preset), GGUF's "gpt2" architecture."""
+def gguf_tensors(params: dict[str, Any], config: Any) -> dict[str, np.ndarray]:
+    """A float32 GPT's parameters under GGUF's "gpt2" names, matrices as (out, in) rows (ours
+    are (in, out)); the head stays tied to `token_embd`."""
+    names = {"ln_1": "attn_norm", "attn.c_attn": "attn_qkv", "attn.c_proj": "attn_output", "ln_2": "ffn_norm",
+             "mlp.c_fc": "ffn_up", "mlp.c_proj": "ffn_down"}  # fmt: skip
+    out = {"token_embd.weight": params["wte.weight"], "position_embd.weight": params["wpe.weight"],
+           "output_norm.weight": params["ln_f.weight"], "output_norm.bias": params["ln_f.bias"]}  # fmt: skip
+    for i in range(config.n_layer):
+        for ours, theirs in names.items():
+            w = params[f"h.{i}.{ours}.weight"]
+            out[f"blk.{i}.{theirs}.weight"] = w if w.ndim == 1 else w.T  # a matrix: (in, out) -> (out, in)
+            out[f"blk.{i}.{theirs}.bias"] = params[f"h.{i}.{ours}.bias"]
+    if not all(isinstance(a, np.ndarray) for a in out.values()):
+        raise TypeError("gguf_tensors takes dense float32 parameters (quantize in GGUF instead)")
+    return {name: np.ascontiguousarray(a, dtype=np.float32) for name, a in out.items()}
+
+
+def llamacpp_gguf(llamacpp_python: str, weights: str, directory: str | Path, config: Any = None,
+                  params: dict[str, Any] | None = None) -> Path:  # fmt: skip
+    """Write a GGUF file in `weights` ("fp32", "q8_0" or "q4_0") into `directory`: the shape of
+    `config` (default: the GPT-2 124M preset), GGUF's "gpt2" architecture, random weights or
+    the float32 `params` of a model of that config (quantized by `gguf` for Q8_0 and Q4_0)."""
     from .config import GPTConfig
 
     if weights not in LLAMACPP_FORMATS:
         raise ValueError(f"llama.cpp peer formats are {sorted(LLAMACPP_FORMATS)}, got {weights!r}")
     c = config or GPTConfig.preset("gpt2")
     path = Path(directory) / f"gpt2-{weights}.gguf"
-    _run_peer(llamacpp_python, LLAMACPP_GGUF, path, LLAMACPP_FORMATS[weights], c.n_layer, c.n_head, c.n_embd,
-              c.vocab_size, c.block_size)  # fmt: skip
+    args = [path, LLAMACPP_FORMATS[weights], c.n_layer, c.n_head, c.n_embd, c.vocab_size, c.block_size]
+    if params is not None:
+        args.append(Path(directory) / f"gpt2-{weights}.npz")
+        np.savez(args[-1], **gguf_tensors(params, c))
+    _run_peer(llamacpp_python, LLAMACPP_GGUF, *args)
     return path
 
 

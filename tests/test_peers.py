@@ -198,3 +198,51 @@ def test_peer_options_need_the_suite(capsys):
     for option in ("--peer-python", "--llamacpp-python"):
         assert main(["bench", "--model", "teacher", option, sys.executable]) == 2
         assert f"{option} times a peer in the suite" in capsys.readouterr().err
+
+
+LLAMACPP_LOGITS = """
+import json, sys, numpy as np, llama_cpp
+m = llama_cpp.Llama(model_path=sys.argv[1], n_ctx=int(sys.argv[3]), n_threads=1, logits_all=True, verbose=False)
+tokens = json.loads(sys.argv[2])
+m.eval(tokens)
+print(json.dumps(np.asarray(m.scores[: len(tokens)], dtype=float).tolist()))
+"""
+
+
+@pytest.mark.reference
+def test_llamacpp_runs_our_model_when_given_its_weights(tmp_path):
+    """The peer computes what we compute: a small GPT's own weights written as GGUF
+    (`bench.gguf_tensors`), run by llama.cpp over 20 tokens, give our logits — within 1e-3 in
+    float32, and in Q4_0 far closer to our Q4_0 logits than those are to float32 (llama.cpp
+    quantizes the activations too, to Q8_0 blocks; gguf's Q4_0 codes are bit-exact with ours)."""
+    import os
+
+    python = os.environ.get("MINILLM_LLAMACPP_PYTHON")
+    if not python:
+        pytest.skip("set MINILLM_LLAMACPP_PYTHON to an interpreter with llama-cpp-python, gguf and numpy")
+    from minillm import GPT, backends
+    from minillm.compress.quantize import quantize_params
+    from minillm.nn.gpt import forward
+
+    cfg = GPTConfig(vocab_size=96, block_size=64, n_layer=2, n_head=4, n_embd=128)
+    model = GPT(cfg, seed=3)
+    tokens = [int(t) for t in np.random.default_rng(1).integers(0, cfg.vocab_size, size=20)]
+    numpy_ = backends.get("numpy")
+
+    def ours(params):
+        return forward(params, cfg, np.array([tokens]), None, numpy_)[0]
+
+    def theirs(weights):
+        path = bench.llamacpp_gguf(python, weights, tmp_path, cfg, params=model.params)
+        return np.array(bench._run_peer(python, LLAMACPP_LOGITS, path, json.dumps(tokens), cfg.block_size))
+
+    fp32 = ours(model.params)
+    got = theirs("fp32")
+    assert np.abs(got - fp32).max() < 1e-3 * np.abs(fp32).max()  # 2.6e-4 of a 1.42 scale here
+    assert (got.argmax(-1) == fp32.argmax(-1)).all()
+    for weights in ("q8_0", "q4_0"):
+        mine, got = ours(quantize_params(model.params, weights)), theirs(weights)
+        assert np.abs(got - mine).max() < 0.01 * np.abs(mine).max()
+        assert (got.argmax(-1) == mine.argmax(-1)).all()
+    # Q4_0 moves the logits 0.13 from float32 here; llama.cpp's Q4_0 lies within 0.008 of ours
+    assert np.abs(got - mine).max() < 0.2 * np.abs(mine - fp32).max()
