@@ -288,7 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def backend_arg(s: argparse.ArgumentParser) -> None:
-        s.add_argument("--backend", default="numpy", help="numpy (default), numba, cupy or jax")
+        s.add_argument("--backend", default="numpy", help="numpy (default), numba, cupy, jax or jax:bfloat16")
 
     g = sub.add_parser("generate", help="stream text from a model")
     g.add_argument("--model", default="teacher", help="shipped name (teacher, student-scratch, "

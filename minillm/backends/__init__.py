@@ -51,7 +51,7 @@ def get(name: str | Any = "numpy") -> Any:
         raise TypeError(f"backend must be a name such as 'numpy', got {type(name).__name__}")
     base, _, option = name.partition(":")
     if base not in _REGISTRY:
-        raise ValueError(f"unknown backend {name!r}; choose one of {names()}")
+        raise ValueError(f"unknown backend {name!r}; choose one of {names()} (JAX also as 'jax:bfloat16')")
     if name not in _CACHE:
         if option:
             be = get(base)
