@@ -1540,6 +1540,10 @@ and then jumped between about 40, 50 and 70 GB/s, as whatever else shares the ho
 went. A limit measured once and cached would divide today's steps by another moment's
 bandwidth, so `minillm bench` measures it just before its run and `minillm bench --suite` just
 before every entry, and plots them over the run (the measured table on the backends page).
+That table also times two peers in the same rounds, each with its own limit: Hugging Face
+transformers' `generate` (`--peer-python`) and llama.cpp on the same formats, float32, Q8_0 and
+Q4_0 (`--llamacpp-python`). Given a model's own weights as GGUF, llama.cpp computes our logits
+(a reference test in `tests/test_peers.py`), so its speeds and ours measure the same work.
 """),
     md(r"""
 The kernel reads the float16 scales as they are stored, 2 bytes each, though Numba has no
