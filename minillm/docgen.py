@@ -158,7 +158,8 @@ def render_bench(result: dict[str, Any]) -> str:
         out += ["", "![GPT-2 decode against the bandwidth limit over the suite's run](results/bench.png)"]
     if any(r.get("peer") for r in result["decode"]):
         version = next(r["llama_cpp"] for r in result["decode"] if r.get("peer"))
-        out += ["", f"llama.cpp (peer): llama-cpp-python {version} with 2 threads on GGUF files of the same shape "
+        out += ["", f"llama.cpp (peer): llama-cpp-python {version} (2 threads, flash attention on), run on GGUF files "
+                    f"of the same shape "
                     f"(random weights, the head tied to the embedding), timed as ours (decode after a 16-token "
                     f"prompt, best of 3 runs after a warm-up), each right after Numba's entry of the same format; its "
                     f"bytes per token are ours less half the KV cache (llama.cpp keeps it in float16)."]  # fmt: skip
