@@ -43,8 +43,20 @@ def decode_bytes_per_token(model: GPT, context: int, batch: int = 1) -> int:
     head = int(p["wte.weight"].nbytes)
     total += head  # the tied LM head reads all of wte
     total += batch * (head // cfg.vocab_size + 4 * cfg.n_embd)  # token and position embedding rows
-    total += batch * 2 * cfg.n_layer * context * cfg.n_embd * 4  # keys and values, float32
-    return total
+    return total + kv_cache_bytes(cfg, context, batch)
+
+
+def kv_cache_bytes(config: Any, context: int, batch: int = 1) -> int:
+    """Bytes of the float32 keys and values of `context` positions, every layer, `batch` sequences."""
+    return batch * 2 * config.n_layer * context * config.n_embd * 4
+
+
+def _against_limit(bandwidth_gb_s: float, bytes_per_token: int, achieved_gb_s: float, batch: int = 1) -> dict:
+    """A measured decode against the bandwidth limit: the limit, the tokens/s it allows (B tokens
+    per step) and the fraction of it reached."""
+    return {"bandwidth_gb_s": round(bandwidth_gb_s, 2),
+            "roofline_tok_s": round(batch * bandwidth_gb_s * 1e9 / bytes_per_token, 2),
+            "roofline_frac": round(achieved_gb_s / bandwidth_gb_s, 3)}  # fmt: skip
 
 
 def median_order(n: int, confidence: float = 0.95) -> tuple[int, float]:
@@ -157,9 +169,7 @@ def bench_decode(model: GPT, backend: Any = "numpy", prompt_tokens: int = 16, ne
         "repeat": repeat,
     }
     if bandwidth_gb_s:
-        result["bandwidth_gb_s"] = round(bandwidth_gb_s, 2)
-        result["roofline_tok_s"] = round(batch * bandwidth_gb_s * 1e9 / nbytes, 2)  # B tokens per step
-        result["roofline_frac"] = round(result["achieved_gb_s"] / bandwidth_gb_s, 3)
+        result |= _against_limit(bandwidth_gb_s, nbytes, result["achieved_gb_s"], batch)
     return result
 
 
@@ -629,14 +639,12 @@ def bench_suite(rounds: int = 3, peer_python: str | None = None, kv_cache: bool 
                 t_s, bandwidth = time.perf_counter() - start, probe() / 1e9
                 time.sleep(SETTLE_S)
                 peer_res = llamacpp_decode_tok_s(llamacpp_python, ggufs[weights], 16, 32, repeat=3)
-                # The same blocks as ours, but llama.cpp keeps its KV cache in float16: half our cache bytes.
-                cache_bytes = 2 * gpt2.n_layer * (16 + 32 // 2) * gpt2.n_embd * 4
-                nbytes = res["bytes_per_token"] - cache_bytes // 2  # res: Numba's entry of this format, just run
+                # The same blocks as ours (res: Numba's entry of this format, just run), but llama.cpp
+                # keeps its KV cache in float16: half our cache bytes, at bench_decode's mid-run context.
+                nbytes = res["bytes_per_token"] - kv_cache_bytes(gpt2, 16 + 32 // 2) // 2
                 gb_s = round(nbytes * peer_res["decode_tok_s"] / 1e9, 2)
-                runs[f"gpt2/llama.cpp/{weights}"].append(
-                    peer_res | {"bytes_per_token": nbytes, "achieved_gb_s": gb_s, "bandwidth_gb_s": round(bandwidth, 2),
-                                "roofline_tok_s": round(bandwidth * 1e9 / nbytes, 2),
-                                "roofline_frac": round(gb_s / bandwidth, 3)})  # fmt: skip
+                runs[f"gpt2/llama.cpp/{weights}"].append(peer_res | {"bytes_per_token": nbytes, "achieved_gb_s": gb_s}
+                                                         | _against_limit(bandwidth, nbytes, gb_s))  # fmt: skip
                 timeline.append({"t_s": round(t_s, 1), "entry": f"gpt2/llama.cpp/{weights}",
                                  "limit_gb_s": round(bandwidth, 2), "achieved_gb_s": gb_s})  # fmt: skip
                 bar.update()
