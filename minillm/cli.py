@@ -181,6 +181,34 @@ def cmd_distill(a: argparse.Namespace) -> int:
     return 0
 
 
+# `minillm bench` runs one of four jobs; the options each job would ignore, by their defaults.
+BENCH_DEFAULTS = dict(model="gpt2", weights="fp32", prompt_tokens=16, tokens=32, repeat=3, json=None,
+                      products=False, backend="numpy", bandwidth=True, peer_python=None, llamacpp_python=None)
+PEER_OPTIONS = ("peer_python", "llamacpp_python")
+BENCH_IGNORES = {"suite": ("model", "weights", "prompt_tokens", "tokens", "json", "products", "backend", "bandwidth"),
+                 "train": ("weights", "prompt_tokens", "tokens", "products", "backend", "bandwidth", *PEER_OPTIONS),
+                 "kv_cache": ("repeat", "products", *PEER_OPTIONS),
+                 None: PEER_OPTIONS}  # fmt: skip
+
+
+def _flag(dest: str) -> str:
+    return "--no-bandwidth" if dest == "bandwidth" else "--" + dest.replace("_", "-")
+
+
+def _check_bench_options(a: argparse.Namespace) -> None:
+    """An option the chosen job would not use is an error, not a silent no-op."""
+    jobs = [job for job in ("suite", "train", "kv_cache") if getattr(a, job)]
+    if len(jobs) > 1:
+        raise ValueError(f"{_flag(jobs[0])} and {_flag(jobs[1])} are separate runs: choose one")
+    job = jobs[0] if jobs else None
+    ignored = [_flag(o) for o in BENCH_IGNORES[job] if getattr(a, o) != BENCH_DEFAULTS[o]]
+    if job is None and ignored:  # the peers run only in the suite
+        raise ValueError(f"{ignored[0]} times a peer in the suite: use it with --suite PATH")
+    if ignored:
+        them = "them" if len(ignored) > 1 else "it"
+        raise ValueError(f"{_flag(job)} does not use {', '.join(ignored)}: leave {them} out")
+
+
 def cmd_bench(a: argparse.Namespace) -> int:
     from . import backends
     from .bench import bench_decode, bench_products, bench_train, kv_cache_speedup, machine_info, with_weights
@@ -188,9 +216,7 @@ def cmd_bench(a: argparse.Namespace) -> int:
     from .nn.gpt import GPT
 
     backends.get(a.backend)  # an unknown or unavailable backend fails before any work
-    for option in ("peer_python", "llamacpp_python"):  # the peers run only in the suite
-        if getattr(a, option) and not a.suite:
-            raise ValueError(f"--{option.replace('_', '-')} times a peer in the suite: use it with --suite PATH")
+    _check_bench_options(a)
     if a.suite:
         from .bench import bench_suite, plot_timeline
 
@@ -296,15 +322,16 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--prompt", default="\n", help="text to continue")
     g.add_argument("--tokens", type=_int_at_least(0), default=200, help="how many tokens to generate")
     g.add_argument("--temperature", type=_float_in(0, float("inf"), False), default=0.8, help="0 = greedy")
-    g.add_argument("--top-k", type=_int_at_least(1), default=None)
-    g.add_argument("--top-p", type=_float_in(0, 1, True, False), default=None)
-    g.add_argument("--seed", type=_int_at_least(0), default=None)
+    g.add_argument("--top-k", type=_int_at_least(1), default=None, help="sample only from the K likeliest tokens")
+    g.add_argument("--top-p", type=_float_in(0, 1, True, False), default=None,
+                   help="sample only from the likeliest tokens whose probabilities sum to P (nucleus)")
+    g.add_argument("--seed", type=_int_at_least(0), default=None, help="random seed, for the same text again")
     backend_arg(g)
     g.set_defaults(func=cmd_generate)
 
     e = sub.add_parser("eval", help="validation loss, parameters and bytes of a model")
-    e.add_argument("--model", default="teacher")
-    e.add_argument("--split", default="val", choices=["train", "val"])
+    e.add_argument("--model", default="teacher", help="shipped name or checkpoint directory (default: teacher)")
+    e.add_argument("--split", default="val", choices=["train", "val"], help="which part of the corpus (default: val)")
     e.add_argument("--max-tokens", type=_int_at_least(1), default=None, help="evaluate only the first N tokens")
     e.add_argument("--json", metavar="PATH", help="write the result as JSON")
     e.add_argument("--format", default=None, choices=["float32", "bfloat16", "float16", "float8_e4m3fn", "float8_e5m2"],
@@ -313,30 +340,38 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=cmd_eval)
 
     t = sub.add_parser("train", help="train a preset on the Shakespeare corpus")
-    t.add_argument("--preset", default="teacher", choices=["tiny", "teacher", "student"])
+    t.add_argument("--preset", default="teacher", choices=["tiny", "teacher", "student"],
+                   help="model size and training schedule (default: teacher)")
     t.add_argument("--out", required=True, help="output directory")
     t.add_argument("--steps", type=_int_at_least(1), default=None, help="override the number of steps")
     t.add_argument("--resume", action="store_true", help="continue from OUT/train_state.safetensors")
     t.set_defaults(func=cmd_train)
 
     d = sub.add_parser("distill", help="train a student from a teacher (knowledge distillation)")
-    d.add_argument("--teacher", default="teacher")
-    d.add_argument("--preset", default="student", choices=["tiny", "teacher", "student"])
-    d.add_argument("--out", required=True)
-    d.add_argument("--steps", type=_int_at_least(1), default=None)
+    d.add_argument("--teacher", default="teacher", help="shipped name or checkpoint directory (default: teacher)")
+    d.add_argument("--preset", default="student", choices=["tiny", "teacher", "student"],
+                   help="the student's size and schedule (default: student)")
+    d.add_argument("--out", required=True, help="output directory")
+    d.add_argument("--steps", type=_int_at_least(1), default=None, help="override the number of steps")
     d.add_argument("--alpha", type=_float_in(0, 1, False, False), default=0.25, help="weight of the hard-label loss")
-    d.add_argument("--temperature", type=_float_in(0, float("inf"), True), default=1.0)
-    d.add_argument("--resume", action="store_true")
+    d.add_argument("--temperature", type=_float_in(0, float("inf"), True), default=1.0,
+                   help="softening of both distributions in the soft loss (default: 1)")
+    d.add_argument("--resume", action="store_true", help="continue from OUT/train_state.safetensors")
     d.set_defaults(func=cmd_distill)
 
-    b = sub.add_parser("bench", help="measure prefill/decode tokens/s (JSON)")
-    b.add_argument("--model", default="gpt2", help="gpt2 (124M shape, random weights) or a model")
-    b.add_argument("--weights", type=_weights, default="fp32", help="fp32, int8, q8_0, q4_0, int4-g32, or "
+    b = sub.add_parser("bench", help="measure prefill/decode tokens/s (JSON)",
+                       description="Decode and prefill speed of one model, backend and format (the default "
+                       "job), or instead --kv-cache, --train or the whole --suite.")  # fmt: skip
+    b.set_defaults(**BENCH_DEFAULTS)
+    b.add_argument("--model", help="gpt2 (124M shape, random weights; the default) or a model; with --train, a "
+                   "preset (tiny, teacher, student)")  # fmt: skip
+    b.add_argument("--weights", type=_weights, help="fp32 (default), int8, q8_0, q4_0, int4-g32, or "
                    "fp32-input-major (float32 with (in, out) row-major matrices, to measure the layout)")
-    b.add_argument("--prompt-tokens", type=_int_at_least(1), default=16)
-    b.add_argument("--tokens", type=_int_at_least(1), default=32)
-    b.add_argument("--repeat", type=_int_at_least(1), default=3)
-    b.add_argument("--json", metavar="PATH")
+    b.add_argument("--prompt-tokens", type=_int_at_least(1), help="random prompt length (default: 16)")
+    b.add_argument("--tokens", type=_int_at_least(1), help="tokens to generate (default: 32)")
+    b.add_argument("--repeat", type=_int_at_least(1), help="runs, the best one reported; with --suite, rounds; "
+                   "with --train, the best of REPEAT + 2 steps (default: 3)")  # fmt: skip
+    b.add_argument("--json", metavar="PATH", help="also write the result to PATH")
     b.add_argument("--train", action="store_true", help="training tokens/s of minillm (and PyTorch if installed)")
     b.add_argument("--kv-cache", action="store_true", help="KV cache vs recomputing the prefix, with the "
                    "FLOP-count prediction")  # fmt: skip
@@ -364,7 +399,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.set_defaults(func=cmd_tour)
 
     c = sub.add_parser("compress", help="apply a compression recipe, e.g. prune:0.5+int8")
-    c.add_argument("--model", default="teacher")
+    c.add_argument("--model", default="teacher", help="shipped name or checkpoint directory (default: teacher)")
     c.add_argument("--recipe", required=True, help="steps joined by '+': prune:S, 2:4, lowrank:F, int8, q8_0, "
                    "q4_0, int4-g32")  # fmt: skip
     c.add_argument("--out", default=None, help="directory to save the compressed model")
@@ -380,8 +415,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--phase", default="decode", choices=["decode", "prefill"])
     r.add_argument("--context", type=_int_at_least(1), default=512, help="context length for decode")
     r.add_argument("--prompt-tokens", type=_int_at_least(1), default=512, help="prompt length for prefill")
-    r.add_argument("--batch", type=_int_at_least(1), default=1)
-    r.add_argument("--json", metavar="PATH")
+    r.add_argument("--batch", type=_int_at_least(1), default=1, help="sequences decoded together (default: 1)")
+    r.add_argument("--json", metavar="PATH", help="also write the result to PATH")
     r.set_defaults(func=cmd_roofline)
     return p
 

@@ -100,3 +100,38 @@ def test_a_bad_output_path_fails_before_the_work(tmp_path, monkeypatch, capsys):
     (tmp_path / "a_file").write_text("x")
     assert main(["tour", "--json", str(tmp_path / "a_file" / "t.json")]) == 2  # parent is a file
     assert "minillm: error:" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--suite", "s.json", "--train"], "--suite and --train are separate runs: choose one"),
+        (["--train", "--kv-cache"], "--train and --kv-cache are separate runs"),
+        (["--suite", "s.json", "--weights", "q4_0"], "--suite does not use --weights: leave it out"),
+        (["--suite", "s.json", "--backend", "numba", "--json", "j.json"], "--suite does not use --json, --backend"),
+        (["--train", "--weights", "int8", "--no-bandwidth"],
+         "--train does not use --weights, --no-bandwidth: leave them out"),
+        (["--kv-cache", "--repeat", "5"], "--kv-cache does not use --repeat"),
+        (["--kv-cache", "--products"], "--kv-cache does not use --products"),
+        (["--train", "--llamacpp-python", sys.executable], "--train does not use --llamacpp-python"),
+    ],
+)
+def test_bench_refuses_an_option_its_job_would_ignore(tmp_path, monkeypatch, capsys, args, message):
+    """A bench job given an option it does not read says so, before any work or any output."""
+    import minillm.bench as bench
+
+    for job in ("bench_suite", "bench_train", "kv_cache_speedup", "bench_decode"):
+        monkeypatch.setattr(bench, job, lambda *a, **k: pytest.fail("the bench ran despite the ignored option"))
+    monkeypatch.chdir(tmp_path)
+    assert main(["bench", *args]) == 2
+    assert f"minillm: error: {message}" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+
+
+def test_bench_defaults_given_explicitly_are_accepted(monkeypatch, capsys):
+    """The check compares with the defaults: spelling a default out is not an error."""
+    import minillm.bench as bench
+
+    monkeypatch.setattr(bench, "kv_cache_speedup", lambda *a, **k: {"speedup": 1.0})
+    assert main(["bench", "--kv-cache", "--model", "gpt2", "--weights", "fp32", "--repeat", "3", "--no-bandwidth"]) == 0
+    assert '"speedup": 1.0' in capsys.readouterr().out
