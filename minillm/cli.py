@@ -131,6 +131,8 @@ def cmd_eval(a: argparse.Namespace) -> int:
     from . import data
     from .train import evaluate
 
+    if a.format and a.backend != "numpy":
+        raise ValueError(f"--format emulates {a.format} on the NumPy backend: leave out --backend {a.backend}")
     model = _load_model(a.model)
     if model.tokenizer is None:
         raise ValueError(f"model {a.model!r} has no tokenizer; eval needs one to encode the corpus")
@@ -258,6 +260,10 @@ def cmd_tour(a: argparse.Namespace) -> int:
     from .tour import run_tour, run_tradeoffs, tradeoffs_markdown
 
     if a.tradeoffs:
+        ignored = [flag for flag, given in (("--json", a.json), ("--out", a.out != "tour-out"),
+                                            ("--backends", a.backends)) if given]  # fmt: skip
+        if ignored:
+            raise ValueError(f"--tradeoffs writes only its own JSON: leave out {', '.join(ignored)}")
         print(tradeoffs_markdown(run_tradeoffs(a.tradeoffs, quick=a.quick)))
         return 0
     run_tour(json_path=a.json, out_dir=a.out, backends=a.backends, quick=a.quick)
@@ -270,6 +276,8 @@ def cmd_compress(a: argparse.Namespace) -> int:
     from .nn.gpt import GPT
 
     parse_recipe(a.recipe)  # a bad recipe fails before any loading
+    if a.save_dense and not a.finetune:
+        raise ValueError("--save-dense saves the fine-tuned dense weights: use it with --finetune STEPS")
     model = _load_model(a.model)
     if a.finetune:
         structural = structural_part(a.recipe)

@@ -32,6 +32,9 @@ def test_help_lists_every_subcommand():
         (["compress", "--model", "teacher", "--recipe", "magic"], "unknown recipe step"),
         (["roofline", "--device", "abacus"], "unknown device"),
         (["roofline", "--model", "huge"], "huge"),
+        (["eval", "--format", "bfloat16", "--backend", "numba"], "leave out --backend numba"),
+        (["compress", "--recipe", "int8", "--save-dense", "d"], "use it with --finetune STEPS"),
+        (["tour", "--tradeoffs", "t.json", "--backends", "numpy"], "leave out --backends"),
     ],
 )
 def test_errors_are_one_line_without_traceback(args, message):
