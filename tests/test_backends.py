@@ -437,36 +437,14 @@ def test_bench_products_times_every_block_product_and_the_head(be, small_model):
 
 
 
-def test_bench_suite_divides_each_entry_by_the_limit_measured_just_before_it(monkeypatch, tmp_path):
+def test_bench_suite_divides_each_entry_by_the_limit_measured_just_before_it(fake_suite, tmp_path):
     """The suite measures the bandwidth before every entry and gives that entry that limit:
     here the fake probe's figure changes at every call, so any other pairing (one figure per
     round, the previous entry's) shows up as a wrong number."""
     from minillm import bench
-    from minillm.hw import devices
 
-    suite, calls = bench.SUITE, []
+    suite = bench.SUITE
     n = len(suite)
-
-    def probe_factory():
-        def probe():
-            calls.append(10e9 * (len(calls) + 1))  # 10, 20, 30, ... GB/s
-            return calls[-1]
-
-        return probe
-
-    def fake_decode(model, backend, prompt, new, repeat, bandwidth_gb_s):
-        return {"decode_tok_s": 1.0 + len(calls), "prefill_tok_s": 1.0, "bytes_per_token": 10**9,
-                "achieved_gb_s": 1.0, "bandwidth_gb_s": bandwidth_gb_s, "roofline_tok_s": bandwidth_gb_s,
-                "roofline_frac": round(1.0 / bandwidth_gb_s, 3), "warmup_s": 0.0}  # fmt: skip
-
-    monkeypatch.setattr(bench, "SETTLE_S", 0.0)
-    monkeypatch.setattr(bench, "GPT", lambda *a, **k: "a model")
-    monkeypatch.setattr(bench, "with_weights", lambda model, weights: model)
-    monkeypatch.setattr(bench, "bench_decode", fake_decode)
-    monkeypatch.setattr(bench, "bench_products", lambda *a, **k: {})
-    monkeypatch.setattr(devices, "bandwidth_probe", probe_factory)
-    monkeypatch.setattr(devices, "fp32_peak", lambda: 1e11)
-    monkeypatch.setattr("minillm.io.load", lambda name: "the teacher")
     res = bench.bench_suite(rounds=2, kv_cache=False, progress=False)
     assert [e["limit_gb_s"] for e in res["timeline"]] == [10 * (i + 1) for i in range(2 * n)]
     assert [e["entry"] for e in res["timeline"]] == [f"{m}/{b}/{w}" for m, b, w in suite] * 2

@@ -96,40 +96,17 @@ def test_llamacpp_gguf_has_gguf_gpt2_layout(tmp_path):
         assert tensors["position_embd.weight"].data.shape == (cfg.block_size, C)
 
 
-def test_bench_suite_times_llamacpp_after_numbas_entry_with_its_own_limit(monkeypatch, tmp_path):
+def test_bench_suite_times_llamacpp_after_numbas_entry_with_its_own_limit(fake_suite, monkeypatch, tmp_path):
     """Each llama.cpp format runs right after Numba's entry of the same format, with the
     bandwidth measured just before it; its bytes per token are ours less half the KV cache
     (float16 there), and the ratios numba / llama.cpp are per round."""
-    from minillm.hw import devices
-
-    probes: list[float] = []
-
-    def probe_factory():
-        def probe():
-            probes.append(10e9 * (len(probes) + 1))
-            return probes[-1]
-
-        return probe
-
-    def fake_decode(model, backend, prompt, new, repeat, bandwidth_gb_s):
-        return {"decode_tok_s": 100.0, "prefill_tok_s": 1.0, "bytes_per_token": 10**9, "achieved_gb_s": 100.0,
-                "bandwidth_gb_s": bandwidth_gb_s, "roofline_tok_s": 1.0, "roofline_frac": 0.5,
-                "warmup_s": 0.0}  # fmt: skip
-
+    probes = fake_suite
     written = []
-    monkeypatch.setattr(bench, "SETTLE_S", 0.0)
-    monkeypatch.setattr(bench, "GPT", lambda *a, **k: "a model")
-    monkeypatch.setattr(bench, "with_weights", lambda model, weights: model)
-    monkeypatch.setattr(bench, "bench_decode", fake_decode)
-    monkeypatch.setattr(bench, "bench_products", lambda *a, **k: {})
     monkeypatch.setattr(bench, "check_peer", lambda python, peer: written.append((python, peer)))
     monkeypatch.setattr(bench, "llamacpp_gguf", lambda py, w, d: written.append(w) or tmp_path / f"{w}.gguf")
     monkeypatch.setattr(bench, "llamacpp_decode_tok_s",
                         lambda py, path, p, n, repeat: {"decode_tok_s": 50.0 + len(probes), "prefill_tok_s": 9.0,
                                                         "llama_cpp": "0.x"})  # fmt: skip
-    monkeypatch.setattr(devices, "bandwidth_probe", probe_factory)
-    monkeypatch.setattr(devices, "fp32_peak", lambda: 1e11)
-    monkeypatch.setattr("minillm.io.load", lambda name: "the teacher")
     res = bench.bench_suite(rounds=2, kv_cache=False, progress=False, llamacpp_python="peer-python")
     assert written == [("peer-python", "llama.cpp"), "fp32", "q8_0", "q4_0"]
     entries = [e["entry"] for e in res["timeline"]]
@@ -152,7 +129,10 @@ def test_bench_suite_times_llamacpp_after_numbas_entry_with_its_own_limit(monkey
     keys = [f"{r['model']}/{r['backend']}/{r['weights']}" for r in res["decode"]]
     assert keys.index("gpt2/llama.cpp/q4_0") < keys.index("teacher/numpy/fp32")  # peers next to gpt2 rows
     ratio = res["ratios"]["numba q4_0 / llama.cpp q4_0 (gpt2)"]
-    assert ratio["per_round"] == [round(100 / t, 3) for t in q4["decode_tok_s"]]
+    numba_q4 = next(r for r in res["decode"] if (r["model"], r["backend"], r["weights"]) == ("gpt2", "numba", "q4_0"))
+    ours = numba_q4["decode_tok_s"]  # the fake's 1 + the probes so far: entry k - 1 saw k of them
+    assert ours == [k + 1.0, per_round + k + 1.0]
+    assert ratio["per_round"] == [round(o / t, 3) for o, t in zip(ours, q4["decode_tok_s"], strict=True)]
 
 
 def test_render_bench_labels_peers_and_holds_only_our_formats_to_the_limit():
