@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import platform
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -620,34 +622,41 @@ def bench_suite(rounds: int = 3, peer_python: str | None = None, kv_cache: bool 
     probe, start = bandwidth_probe(), time.perf_counter()
     bar = tqdm(total=rounds * (len(SUITE) + (peer_python is not None) + len(ggufs)), desc="bench suite",
                disable=not progress)  # fmt: skip
+
+    def measure(entry: str, run: Callable[[float], dict[str, Any]]) -> dict[str, Any]:
+        """One entry of a round: the limit now (its own), then `run(limit)`, kept with the limit."""
+        t_s, bandwidth = time.perf_counter() - start, probe() / 1e9
+        time.sleep(SETTLE_S)  # BLAS's threads spin after the probe (see SETTLE_S)
+        res = run(bandwidth)
+        runs[entry].append(res)
+        timeline.append({"t_s": round(t_s, 1), "entry": entry, "limit_gb_s": round(bandwidth, 2),
+                         "achieved_gb_s": res["achieved_gb_s"]})  # fmt: skip
+        bar.update()
+        return res
+
+    def ours(name: str, backend: str, weights: str, bandwidth: float) -> dict[str, Any]:
+        res = bench_decode(models[name, weights], backend, 16, 32, repeat=3, bandwidth_gb_s=bandwidth)
+        if name == "gpt2":  # the products alone: how much of the step's distance is theirs
+            res |= bench_products(models[name, weights], backend, 31, repeat=3, bandwidth_gb_s=bandwidth)
+        return res
+
+    def llamacpp(weights: str, nbytes: int, bandwidth: float) -> dict[str, Any]:
+        res = llamacpp_decode_tok_s(llamacpp_python, ggufs[weights], 16, 32, repeat=3)
+        gb_s = round(nbytes * res["decode_tok_s"] / 1e9, 2)
+        return res | {"bytes_per_token": nbytes, "achieved_gb_s": gb_s} | _against_limit(bandwidth, nbytes, gb_s)
+
     for _ in range(rounds):
         peaks.append(fp32_peak())
         for name, backend, weights in SUITE:
-            t_s, bandwidth = time.perf_counter() - start, probe() / 1e9  # the limit now, for this entry
-            time.sleep(SETTLE_S)  # BLAS's threads spin after the probe (see SETTLE_S)
-            res = bench_decode(models[name, weights], backend, 16, 32, repeat=3, bandwidth_gb_s=bandwidth)
-            if name == "gpt2":  # the products alone: how much of the step's distance is theirs
-                res |= bench_products(models[name, weights], backend, 31, repeat=3, bandwidth_gb_s=bandwidth)
-            runs[f"{name}/{backend}/{weights}"].append(res)
-            timeline.append({"t_s": round(t_s, 1), "entry": f"{name}/{backend}/{weights}",
-                             "limit_gb_s": round(bandwidth, 2), "achieved_gb_s": res["achieved_gb_s"]})  # fmt: skip
-            bar.update()
+            res = measure(f"{name}/{backend}/{weights}", partial(ours, name, backend, weights))
             if peer_python and (name, backend, weights) == ("gpt2", "numpy", "fp32"):
                 peer.append(hf_generate_tok_s(peer_python)["decode_tok_s"])
                 bar.update()
-            if llamacpp_python and name == "gpt2" and backend == "numba" and weights in ggufs:
-                t_s, bandwidth = time.perf_counter() - start, probe() / 1e9
-                time.sleep(SETTLE_S)
-                peer_res = llamacpp_decode_tok_s(llamacpp_python, ggufs[weights], 16, 32, repeat=3)
+            if name == "gpt2" and backend == "numba" and weights in ggufs:
                 # The same blocks as ours (res: Numba's entry of this format, just run), but llama.cpp
                 # keeps its KV cache in float16: half our cache bytes, at bench_decode's mid-run context.
                 nbytes = res["bytes_per_token"] - kv_cache_bytes(gpt2, 16 + 32 // 2) // 2
-                gb_s = round(nbytes * peer_res["decode_tok_s"] / 1e9, 2)
-                runs[f"gpt2/llama.cpp/{weights}"].append(peer_res | {"bytes_per_token": nbytes, "achieved_gb_s": gb_s}
-                                                         | _against_limit(bandwidth, nbytes, gb_s))  # fmt: skip
-                timeline.append({"t_s": round(t_s, 1), "entry": f"gpt2/llama.cpp/{weights}",
-                                 "limit_gb_s": round(bandwidth, 2), "achieved_gb_s": gb_s})  # fmt: skip
-                bar.update()
+                measure(f"gpt2/llama.cpp/{weights}", partial(llamacpp, weights, nbytes))
     bar.close()
     rows = []
     for key, rs in runs.items():
