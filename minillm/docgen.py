@@ -124,7 +124,8 @@ def _gb_range(result: dict[str, Any]) -> str:
 
 
 def _ordinal(k: int) -> str:
-    return {1: "1st", 2: "2nd", 3: "3rd"}.get(k, f"{k}th")
+    """1st, 2nd, 3rd, 4th, ..., 11th, 12th, 13th, ..., 21st, 22nd."""
+    return f"{k}th" if k % 100 in (11, 12, 13) else f"{k}" + {1: "st", 2: "nd", 3: "rd"}.get(k % 10, "th")
 
 
 def render_bench(result: dict[str, Any]) -> str:

@@ -41,6 +41,8 @@ def test_render_bench_states_every_target_met_or_missed():
     # a median that rounds up to the target is shown with the digit that misses it
     assert "| jax fp32 / numpy fp32 (teacher) ≥ 1× | 0.997× | 1.00–1.00 | 1.00 | **missed** |" in text
     assert "with 1 round, from the 1st smallest" in text
+    assert [docgen._ordinal(k) for k in (1, 2, 3, 4, 6, 11, 12, 13, 21, 22, 23, 111)] == [
+        "1st", "2nd", "3rd", "4th", "6th", "11th", "12th", "13th", "21st", "22nd", "23rd", "111th"]
     assert "with 3 rounds, from the 1st smallest to the 1st largest ratio, which holds the median of the " \
            "distribution the rounds come from with probability 75.0 %" in text
     assert "**missed** by jax fp32 (50.0 %)." in text and "90.0 | 80–100 |" in text
