@@ -256,11 +256,14 @@ def cmd_bench(a: argparse.Namespace) -> int:
     return 0
 
 
+TOUR_OUT = "tour-out"  # the tour's plot directory by default
+
+
 def cmd_tour(a: argparse.Namespace) -> int:
     from .tour import run_tour, run_tradeoffs, tradeoffs_markdown
 
     if a.tradeoffs:
-        ignored = [flag for flag, given in (("--json", a.json), ("--out", a.out != "tour-out"),
+        ignored = [flag for flag, given in (("--json", a.json), ("--out", a.out != TOUR_OUT),
                                             ("--backends", a.backends)) if given]  # fmt: skip
         if ignored:
             raise ValueError(f"--tradeoffs writes only its own JSON: leave out {', '.join(ignored)}")
@@ -400,7 +403,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.set_defaults(func=cmd_bench)
     tr = sub.add_parser("tour", help="the main job: every method on the shipped models, measured")
     tr.add_argument("--json", metavar="PATH", help="write all results as JSON")
-    tr.add_argument("--out", default="tour-out", help="directory for the plots (default: tour-out)")
+    tr.add_argument("--out", default=TOUR_OUT, help=f"directory for the plots (default: {TOUR_OUT})")
     tr.add_argument("--backends", nargs="+", default=None, help="backends to measure (default: all available)")
     tr.add_argument("--quick", action="store_true", help="smaller validation slice and shorter timings")
     tr.add_argument("--tradeoffs", metavar="PATH", help="instead: every method at several strengths, JSON to PATH")
