@@ -184,7 +184,8 @@ def cmd_distill(a: argparse.Namespace) -> int:
 
 
 # `minillm bench` runs one of four jobs; the options each job would ignore, by their defaults.
-BENCH_DEFAULTS = dict(model="gpt2", weights="fp32", prompt_tokens=16, tokens=32, repeat=3, json=None,
+# --repeat has a default per job (`_repeat`): None here means "not given".
+BENCH_DEFAULTS = dict(model="gpt2", weights="fp32", prompt_tokens=16, tokens=32, repeat=None, json=None,
                       products=False, backend="numpy", bandwidth=True, peer_python=None, llamacpp_python=None)
 PEER_OPTIONS = ("peer_python", "llamacpp_python")
 BENCH_IGNORES = {"suite": ("model", "weights", "prompt_tokens", "tokens", "json", "products", "backend", "bandwidth"),
@@ -211,6 +212,13 @@ def _check_bench_options(a: argparse.Namespace) -> None:
         raise ValueError(f"{_flag(job)} does not use {', '.join(ignored)}: leave {them} out")
 
 
+def _repeat(a: argparse.Namespace) -> int:
+    """--repeat, or its default for the job: the suite's rounds, else the best of 3 runs."""
+    from .bench import SUITE_ROUNDS
+
+    return a.repeat if a.repeat is not None else SUITE_ROUNDS if a.suite else 3
+
+
 def cmd_bench(a: argparse.Namespace) -> int:
     from . import backends
     from .bench import bench_decode, bench_products, bench_train, kv_cache_speedup, machine_info, with_weights
@@ -219,16 +227,17 @@ def cmd_bench(a: argparse.Namespace) -> int:
 
     backends.get(a.backend)  # an unknown or unavailable backend fails before any work
     _check_bench_options(a)
+    repeat = _repeat(a)
     if a.suite:
         from .bench import bench_suite, plot_timeline
 
-        res = bench_suite(rounds=a.repeat, peer_python=a.peer_python, llamacpp_python=a.llamacpp_python)
+        res = bench_suite(rounds=repeat, peer_python=a.peer_python, llamacpp_python=a.llamacpp_python)
         print(json.dumps(res["ratios"], indent=2))
         _write_json(a.suite, res)
         print(f"wrote {a.suite} and {plot_timeline(res, Path(a.suite).with_suffix('.png'))}")
         return 0
     if a.train:
-        res = bench_train("teacher" if a.model == "gpt2" else a.model, steps=a.repeat + 2)
+        res = bench_train("teacher" if a.model == "gpt2" else a.model, steps=repeat + 2)
         res["machine"] = machine_info()
         print(json.dumps(res, indent=2))
         _write_json(a.json, res)
@@ -246,9 +255,9 @@ def cmd_bench(a: argparse.Namespace) -> int:
                                device=get_device("cpu") if a.bandwidth else None)  # fmt: skip
     else:
         bandwidth = _bandwidth() if a.bandwidth else None
-        res = bench_decode(model, a.backend, a.prompt_tokens, a.tokens, repeat=a.repeat, bandwidth_gb_s=bandwidth)
+        res = bench_decode(model, a.backend, a.prompt_tokens, a.tokens, repeat=repeat, bandwidth_gb_s=bandwidth)
         if a.products:
-            res |= bench_products(model, a.backend, steps=max(1, a.tokens - 1), repeat=a.repeat,
+            res |= bench_products(model, a.backend, steps=max(1, a.tokens - 1), repeat=repeat,
                                   bandwidth_gb_s=bandwidth)  # fmt: skip
     res = {"model": a.model, "weights": a.weights, **res, "machine": machine_info()}
     print(json.dumps(res, indent=2))
@@ -380,15 +389,15 @@ def build_parser() -> argparse.ArgumentParser:
                    "fp32-input-major (float32 with (in, out) row-major matrices, to measure the layout)")
     b.add_argument("--prompt-tokens", type=_int_at_least(1), help="random prompt length (default: 16)")
     b.add_argument("--tokens", type=_int_at_least(1), help="tokens to generate (default: 32)")
-    b.add_argument("--repeat", type=_int_at_least(1), help="runs, the best one reported; with --suite, rounds; "
-                   "with --train, the best of REPEAT + 2 steps (default: 3)")  # fmt: skip
+    b.add_argument("--repeat", type=_int_at_least(1), help="runs, the best one reported (default: 3); with "
+                   "--suite, rounds (default: 9); with --train, the best of REPEAT + 2 steps (default: 3)")  # fmt: skip
     b.add_argument("--json", metavar="PATH", help="also write the result to PATH")
     b.add_argument("--train", action="store_true", help="training tokens/s of minillm (and PyTorch if installed)")
     b.add_argument("--kv-cache", action="store_true", help="KV cache vs recomputing the prefix, with the "
                    "FLOP-count prediction")  # fmt: skip
     b.add_argument("--suite", metavar="PATH", help="every backend and format on gpt2 and the teacher, --repeat "
-                   "rounds interleaved, plus the KV-cache speed-ups: JSON to PATH (docs/results/bench.json) and its "
-                   "timeline plot next to it (.png)")
+                   "rounds (default: 9) interleaved, plus the KV-cache speed-ups: JSON to PATH "
+                   "(docs/results/bench.json) and its timeline plot next to it (.png)")
     b.add_argument("--peer-python", metavar="PYTHON", help="with --suite: an interpreter with torch and "
                    "transformers, to time transformers' generate in the same run")  # fmt: skip
     b.add_argument("--llamacpp-python", metavar="PYTHON", help="with --suite: an interpreter with "

@@ -9,7 +9,8 @@
 - ``tradeoffs`` in `docs/results.md`, from `docs/results/tradeoffs.json` (made by
   ``minillm tour --tradeoffs docs/results/tradeoffs.json``);
 - ``bench`` in `docs/backends.md`, from `docs/results/bench.json` (made by
-  ``minillm bench --suite docs/results/bench.json --peer-python PYTHON_WITH_TORCH``).
+  ``minillm bench --suite docs/results/bench.json --repeat 21 --peer-python PYTHON_WITH_TORCH
+  --llamacpp-python PYTHON_WITH_LLAMA_CPP``, the command on that page).
 
 `tests/test_docgen.py` fails if a marked section differs from what this module renders, so a
 stale or hand-edited number cannot slip in.

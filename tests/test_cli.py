@@ -136,5 +136,34 @@ def test_bench_defaults_given_explicitly_are_accepted(monkeypatch, capsys):
     import minillm.bench as bench
 
     monkeypatch.setattr(bench, "kv_cache_speedup", lambda *a, **k: {"speedup": 1.0})
-    assert main(["bench", "--kv-cache", "--model", "gpt2", "--weights", "fp32", "--repeat", "3", "--no-bandwidth"]) == 0
+    assert main(["bench", "--kv-cache", "--model", "gpt2", "--weights", "fp32", "--prompt-tokens", "16"]) == 0
     assert '"speedup": 1.0' in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "args, job, expected",
+    [
+        (["--suite", "s.json"], "bench_suite", {"rounds": 9}),  # a median with an interval worth reading
+        (["--suite", "s.json", "--repeat", "21"], "bench_suite", {"rounds": 21}),
+        (["--train", "--model", "tiny"], "bench_train", {"steps": 5}),  # best of 3 + 2 steps
+        (["--no-bandwidth"], "bench_decode", {"repeat": 3}),  # best of 3 runs
+        (["--no-bandwidth", "--repeat", "7"], "bench_decode", {"repeat": 7}),
+    ],
+)
+def test_bench_repeat_defaults_per_job(tmp_path, monkeypatch, args, job, expected):
+    """--repeat counts rounds in the suite and runs elsewhere, each with its own default."""
+    import minillm.bench as bench
+
+    seen = {}
+
+    def record(*a, **k):
+        seen.update(k)
+        raise SystemExit(0)  # stop before the job's output: only its arguments matter here
+
+    monkeypatch.setattr(bench, job, record)
+    monkeypatch.setattr(bench, "with_weights", lambda model, weights: model)
+    monkeypatch.setattr("minillm.nn.gpt.GPT", lambda *a, **k: None)  # the gpt2 shape takes seconds to build
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit):
+        main(["bench", *args])
+    assert {key: seen[key] for key in expected} == expected
