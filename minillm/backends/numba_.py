@@ -1219,7 +1219,7 @@ class NumbaBackend(NumpyBackend):
     (`prefill_rows_nm`), whose kernels beat dequantize + BLAS at every prompt length measured
     here (GPT-2 shape, Q4_0: 300, 600 and 1000 tokens at 996, 908 and 732 tok/s against 684, 596
     and 381; 2:4: 32, 128, 512 and 1000 tokens at 665, 788, 734 and 525 tok/s against 412, 757,
-    702 and 485, and the decode steps after BLAS are slower too, see docs/backends.md).
+    702 and 485, and the decode steps after BLAS are slower too, see docs/backends-notes.md).
     """
 
     name = "numba"
