@@ -458,6 +458,3 @@ def main(argv: list[str] | None = None) -> int:
         print(f"minillm: error: {msg}", file=sys.stderr)
         return 2
 
-
-if __name__ == "__main__":
-    sys.exit(main())

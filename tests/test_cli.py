@@ -12,7 +12,7 @@ from minillm.cli import main
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "minillm.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "minillm", *args], capture_output=True, text=True,
                           timeout=120)  # fmt: skip
 
 

@@ -302,7 +302,7 @@ def test_stream_checks_when_called_and_still_yields_lazily():
 
 
 # ------------------------------------------------------------------------------------------------
-# The command line: each case runs `python -m minillm.cli ...` in its own process.
+# The command line: each case runs `python -m minillm ...` in its own process.
 class CliCase(NamedTuple):
     id: str
     args: list[str]  # "{ckpt}" stands for a small saved checkpoint
@@ -359,7 +359,7 @@ def cli_runs(tmp_path_factory) -> dict[str, subprocess.CompletedProcess]:
     procs = {}
     for case in CLI_CASES:
         args = [subs.get(a, a).replace("{tmp}", str(tmp)) for a in case.args]
-        procs[case.id] = subprocess.Popen([sys.executable, "-m", "minillm.cli", *args], stdout=subprocess.PIPE,
+        procs[case.id] = subprocess.Popen([sys.executable, "-m", "minillm", *args], stdout=subprocess.PIPE,
                                           stderr=subprocess.PIPE, text=True, cwd=REPO)  # fmt: skip
     out = {}
     for name, p in procs.items():
@@ -382,7 +382,7 @@ def test_cli_error_is_one_line_with_status_2_and_no_traceback(case, cli_runs):
 
 
 def test_cli_debug_flag_shows_the_traceback():
-    r = subprocess.run([sys.executable, "-m", "minillm.cli", "--debug", "roofline", "--weights", "fp4", "--device",
+    r = subprocess.run([sys.executable, "-m", "minillm", "--debug", "roofline", "--weights", "fp4", "--device",
                         "h100"], capture_output=True, text=True, timeout=120, cwd=REPO)  # fmt: skip
     assert r.returncode != 0 and "Traceback" in r.stderr and "weights must be one of" in r.stderr
 
