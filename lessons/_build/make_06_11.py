@@ -1515,6 +1515,27 @@ depends on how well the compiled loop streams memory compared with a tuned BLAS,
 else the two shared cores are doing — which is why every speed claim in these lessons is a
 measurement printed by code, never a number typed in the text.
 
+The kernel reads the float16 scales as they are stored, 2 bytes each, though Numba has no
+float16 arithmetic on the CPU. It widens them by moving bits: a half is a sign bit, 5 exponent
+bits (bias 15) and 10 mantissa bits; float32 has 8 exponent bits (bias 127) and 23 mantissa bits.
+Put the sign at bit 31 and the other 15 bits 13 places up, read the 32 bits as a float32, and you
+get $h \cdot 2^{15 - 127} = h \cdot 2^{-112}$, so one multiply by $2^{112}$ restores $h$ exactly.
+Integer shifts and one multiply: operations SIMD lanes do 16 at a time. In NumPy, on every finite
+half there is:
+"""),
+    code(r"""
+halves = np.arange(2**16, dtype=np.uint32).astype(np.uint16)
+halves = halves[np.isfinite(halves.view(np.float16))]  # all 63,488 finite float16 bit patterns
+h = halves.astype(np.int32)
+bits = ((h & 0x7FFF) << 13) | ((h & 0x8000) << 16)  # sign to bit 31, exponent and mantissa up 13
+widened = bits.view(np.float32) * np.float32(2.0**112)
+exact = halves.view(np.float16).astype(np.float32)
+print("every finite half widened exactly:", np.array_equal(widened.view(np.uint32), exact.view(np.uint32)))
+for v in (np.float16(0.0123), np.float16(-2.5), np.float16(6e-8)):  # 6e-8: a subnormal half
+    i = int(np.flatnonzero(halves == v.view(np.uint16))[0])
+    print(f"{float(v):>12.6g}: bits {int(h[i]):016b} -> {int(bits[i]) & 0xFFFFFFFF:032b} -> {widened[i]:.6g}")
+"""),
+    md(r"""
 ## The limit moves
 
 "Fraction of the bandwidth limit" divides by a measurement too: `bandwidth_probe()` times one
@@ -1544,27 +1565,6 @@ That table also times two peers in the same rounds, each with its own limit: Hug
 transformers' `generate` (`--peer-python`) and llama.cpp on the same formats, float32, Q8_0 and
 Q4_0 (`--llamacpp-python`). Given a model's own weights as GGUF, llama.cpp computes our logits
 (a reference test in `tests/test_peers.py`), so its speeds and ours measure the same work.
-"""),
-    md(r"""
-The kernel reads the float16 scales as they are stored, 2 bytes each, though Numba has no
-float16 arithmetic on the CPU. It widens them by moving bits: a half is a sign bit, 5 exponent
-bits (bias 15) and 10 mantissa bits; float32 has 8 exponent bits (bias 127) and 23 mantissa bits.
-Put the sign at bit 31 and the other 15 bits 13 places up, read the 32 bits as a float32, and you
-get $h \cdot 2^{15 - 127} = h \cdot 2^{-112}$, so one multiply by $2^{112}$ restores $h$ exactly.
-Integer shifts and one multiply: operations SIMD lanes do 16 at a time. In NumPy, on every finite
-half there is:
-"""),
-    code(r"""
-halves = np.arange(2**16, dtype=np.uint32).astype(np.uint16)
-halves = halves[np.isfinite(halves.view(np.float16))]  # all 63,488 finite float16 bit patterns
-h = halves.astype(np.int32)
-bits = ((h & 0x7FFF) << 13) | ((h & 0x8000) << 16)  # sign to bit 31, exponent and mantissa up 13
-widened = bits.view(np.float32) * np.float32(2.0**112)
-exact = halves.view(np.float16).astype(np.float32)
-print("every finite half widened exactly:", np.array_equal(widened.view(np.uint32), exact.view(np.uint32)))
-for v in (np.float16(0.0123), np.float16(-2.5), np.float16(6e-8)):  # 6e-8: a subnormal half
-    i = int(np.flatnonzero(halves == v.view(np.uint16))[0])
-    print(f"{float(v):>12.6g}: bits {int(h[i]):016b} -> {int(bits[i]) & 0xFFFFFFFF:032b} -> {widened[i]:.6g}")
 """),
     md(r"""
 ## CuPy: the same kernels on a GPU
