@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import argparse
 import json
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from minillm.cli import main
+from minillm.cli import build_parser, main
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
@@ -20,6 +25,39 @@ def test_help_lists_every_subcommand():
     out = run("--help").stdout
     for cmd in ("tour", "train", "distill", "generate", "eval", "compress", "bench", "roofline"):
         assert cmd in out
+
+
+# Every `minillm SUB --flag ...` that the README, the docs, the lesson sources and the package's
+# docstrings show a reader must name flags SUB accepts: a renamed option fails here, not in a
+# reader's terminal.
+COMMAND = re.compile(r"minillm (\w+)([ \t][^`\n]*)?")
+FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]*")
+
+
+def subcommand_flags() -> dict[str, set[str]]:
+    (sub,) = (a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return {name: {o for act in sp._actions for o in act.option_strings} for name, sp in sub.choices.items()}
+
+
+def unknown_flags(text: str, flags: dict[str, set[str]]) -> list[str]:
+    """`SUB --flag` pairs in `text` where SUB is a subcommand that has no such flag."""
+    return [f"{m[1]} {flag}" for m in COMMAND.finditer(text) if m[1] in flags
+            for flag in FLAG.findall(m[2] or "") if flag not in flags[m[1]]]  # fmt: skip
+
+
+def test_documented_commands_use_flags_that_exist():
+    flags = subcommand_flags()
+    assert unknown_flags("`minillm bench --model gpt2 --wieghts q4_0`", flags) == ["bench --wieghts"]
+    assert unknown_flags("python -m minillm.docgen --check", flags) == []  # not a subcommand
+    files = [ROOT / "README.md", *(ROOT / "docs").glob("*.md"), *(ROOT / "lessons" / "_build").glob("*.py"),
+             *(ROOT / "minillm").rglob("*.py")]  # fmt: skip
+    seen, bad = 0, []
+    for f in files:
+        text = f.read_text(encoding="utf-8")
+        seen += sum(m[1] in flags for m in COMMAND.finditer(text))
+        bad += [f"{f.relative_to(ROOT)}: minillm {pair}" for pair in unknown_flags(text, flags)]
+    assert seen > 30, "the pattern no longer finds the documented commands"
+    assert not bad, "flags the command does not have:\n" + "\n".join(bad)
 
 
 @pytest.mark.parametrize(
