@@ -99,6 +99,33 @@ def test_api_page_names_modules_that_import():
     assert not broken, f"docs/api.md documents names that do not import: {broken}"
 
 
+def resolves(dotted: str) -> bool:
+    """Whether `minillm.a.b.c` names something: the longest prefix that imports, then attributes."""
+    parts = dotted.split(".")
+    for i in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:i]))
+        except ImportError:
+            continue
+        for part in parts[i:]:
+            if not hasattr(obj, part):
+                return False
+            obj = getattr(obj, part)
+        return True
+    return False
+
+
+def test_prose_names_python_objects_that_exist():
+    """Every `minillm.x.y` the README, the docs pages and the lesson sources mention imports."""
+    assert resolves("minillm.bench.bench_decode") and not resolves("minillm.bench.bench_decoed")
+    files = [ROOT / "README.md", *DOCS.glob("*.md"), *(ROOT / "lessons" / "_build").glob("*.py")]
+    names = {(m[0], f.relative_to(ROOT)) for f in files
+             for m in re.finditer(r"\bminillm(?:\.[A-Za-z_]\w*)+", f.read_text(encoding="utf-8"))}  # fmt: skip
+    assert len(names) > 100, "the pattern no longer finds the names the prose mentions"
+    broken = sorted(f"{where}: {name}" for name, where in names if not resolves(name))
+    assert not broken, "names that do not exist:\n" + "\n".join(broken)
+
+
 # ## Offline: nothing is fetched from another host
 
 
