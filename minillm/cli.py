@@ -338,10 +338,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = sub.add_parser("generate", help="stream text from a model")
     g.add_argument("--model", default="teacher", help="shipped name (teacher, student-scratch, "
-                   "student-distilled) or a checkpoint directory")  # fmt: skip
-    g.add_argument("--prompt", default="\n", help="text to continue")
-    g.add_argument("--tokens", type=_int_at_least(0), default=200, help="how many tokens to generate")
-    g.add_argument("--temperature", type=_float_in(0, float("inf"), False), default=0.8, help="0 = greedy")
+                   "student-distilled) or a checkpoint directory (default: teacher)")  # fmt: skip
+    g.add_argument("--prompt", default="\n", help="text to continue (default: a newline)")
+    g.add_argument("--tokens", type=_int_at_least(0), default=200, help="how many tokens to generate (default: 200)")
+    g.add_argument("--temperature", type=_float_in(0, float("inf"), False), default=0.8,
+                   help="0 = greedy (default: 0.8)")
     g.add_argument("--top-k", type=_int_at_least(1), default=None, help="sample only from the K likeliest tokens")
     g.add_argument("--top-p", type=_float_in(0, 1, True, False), default=None,
                    help="sample only from the likeliest tokens whose probabilities sum to P (nucleus)")
@@ -373,7 +374,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the student's size and schedule (default: student)")
     d.add_argument("--out", required=True, help="output directory")
     d.add_argument("--steps", type=_int_at_least(1), default=None, help="override the number of steps")
-    d.add_argument("--alpha", type=_float_in(0, 1, False, False), default=0.25, help="weight of the hard-label loss")
+    d.add_argument("--alpha", type=_float_in(0, 1, False, False), default=0.25,
+                   help="weight of the hard-label loss (default: 0.25)")
     d.add_argument("--temperature", type=_float_in(0, float("inf"), True), default=1.0,
                    help="softening of both distributions in the soft loss (default: 1)")
     d.add_argument("--resume", action="store_true", help="continue from OUT/train_state.safetensors")
@@ -424,17 +426,19 @@ def build_parser() -> argparse.ArgumentParser:
                    "q4_0, int4-g32")  # fmt: skip
     c.add_argument("--out", default=None, help="directory to save the compressed model")
     c.add_argument("--finetune", type=_int_at_least(0), default=0, metavar="STEPS",
-                   help="fine-tune the pruned / low-rank model for STEPS steps first")  # fmt: skip
+                   help="fine-tune the pruned / low-rank model for STEPS steps first (default: 0, none)")  # fmt: skip
     c.add_argument("--save-dense", default=None, metavar="DIR", help="also save the fine-tuned dense weights")
     c.set_defaults(func=cmd_compress)
 
     r = sub.add_parser("roofline", help="predicted time per op on a device (roofline model)")
-    r.add_argument("--model", default="gpt2", help="a preset name: tiny, teacher, student, gpt2")
-    r.add_argument("--weights", default="fp32", help="fp32, fp16, bf16, int8, q8_0, q4_0, int4-g32")
-    r.add_argument("--device", default="cpu", help="cpu (measured), a100, h100, tpu-v1, tpu-v4, ...")
-    r.add_argument("--phase", default="decode", choices=["decode", "prefill"])
-    r.add_argument("--context", type=_int_at_least(1), default=512, help="context length for decode")
-    r.add_argument("--prompt-tokens", type=_int_at_least(1), default=512, help="prompt length for prefill")
+    r.add_argument("--model", default="gpt2", help="a preset name: tiny, teacher, student, gpt2 (default: gpt2)")
+    r.add_argument("--weights", default="fp32", help="fp32, fp16, bf16, int8, q8_0, q4_0, int4-g32 (default: fp32)")
+    r.add_argument("--device", default="cpu", help="cpu (measured), a100, h100, tpu-v1, tpu-v4, ... (default: cpu)")
+    r.add_argument("--phase", default="decode", choices=["decode", "prefill"],
+                   help="one decode step, or the whole prompt at once (default: decode)")
+    r.add_argument("--context", type=_int_at_least(1), default=512, help="context length for decode (default: 512)")
+    r.add_argument("--prompt-tokens", type=_int_at_least(1), default=512,
+                   help="prompt length for prefill (default: 512)")
     r.add_argument("--batch", type=_int_at_least(1), default=1, help="sequences decoded together (default: 1)")
     r.add_argument("--json", metavar="PATH", help="also write the result to PATH")
     r.set_defaults(func=cmd_roofline)

@@ -27,6 +27,22 @@ def test_help_lists_every_subcommand():
         assert cmd in out
 
 
+def subparsers() -> dict[str, argparse.ArgumentParser]:
+    (sub,) = (a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return dict(sub.choices)
+
+
+def test_help_states_every_default():
+    """`minillm SUB --help` tells the value an option takes when it is left out."""
+    missing = []
+    for name, sp in subparsers().items():
+        for a in sp._actions:
+            unset = a.default is None or isinstance(a.default, bool) or a.default == argparse.SUPPRESS  # flags
+            if a.option_strings and not unset and "default" not in (a.help or ""):
+                missing.append(f"{name} {a.option_strings[-1]} (default {a.default!r})")
+    assert not missing, "options whose help does not say their default: " + ", ".join(missing)
+
+
 # Every `minillm SUB --flag ...` that the README, the docs, the lesson sources and the package's
 # docstrings show a reader must name flags SUB accepts: a renamed option fails here, not in a
 # reader's terminal.
@@ -35,8 +51,7 @@ FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]*")
 
 
 def subcommand_flags() -> dict[str, set[str]]:
-    (sub,) = (a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
-    return {name: {o for act in sp._actions for o in act.option_strings} for name, sp in sub.choices.items()}
+    return {name: {o for act in sp._actions for o in act.option_strings} for name, sp in subparsers().items()}
 
 
 def unknown_flags(text: str, flags: dict[str, set[str]]) -> list[str]:
