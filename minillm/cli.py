@@ -433,7 +433,9 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("roofline", help="predicted time per op on a device (roofline model)")
     r.add_argument("--model", default="gpt2", help="a preset name: tiny, teacher, student, gpt2 (default: gpt2)")
     r.add_argument("--weights", default="fp32", help="fp32, fp16, bf16, int8, q8_0, q4_0, int4-g32 (default: fp32)")
-    r.add_argument("--device", default="cpu", help="cpu (measured), a100, h100, tpu-v1, tpu-v4, ... (default: cpu)")
+    from .hw.devices import DEVICES
+
+    r.add_argument("--device", default="cpu", help=f"cpu (measured), {', '.join(DEVICES)} (default: cpu)")
     r.add_argument("--phase", default="decode", choices=["decode", "prefill"],
                    help="one decode step, or the whole prompt at once (default: decode)")
     r.add_argument("--context", type=_int_at_least(1), default=512, help="context length for decode (default: 512)")
