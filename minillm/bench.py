@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from . import backends
+from .config import GPTConfig
 from .nn.gpt import GPT, KVCache, forward
 
 # Idle this long before timing a backend: the previous measurement's thread pools (OpenBLAS,
@@ -196,7 +197,7 @@ def machine_info() -> dict[str, Any]:
             "numpy": np.__version__, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}  # fmt: skip
 
 
-def kv_speedup_prediction(config, prompt_tokens: int, new_tokens: int) -> float:
+def kv_speedup_prediction(config: GPTConfig, prompt_tokens: int, new_tokens: int) -> float:
     """FLOP-count prediction of the KV cache's speed-up over recomputing the prefix (see docs).
 
     Recomputing at length $t$: $2P_{blk}t + 2LCt(t+1) + 2VC$; a cached step: $2P_{blk} + 4LCt + 2VC$,
@@ -207,7 +208,7 @@ def kv_speedup_prediction(config, prompt_tokens: int, new_tokens: int) -> float:
     return float(recompute.sum() / cached.sum())
 
 
-def _step_flops(config, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _step_flops(config: GPTConfig, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """FLOPs of recomputing the prefix at length t, and of one cached step at length t."""
     L, C, V = config.n_layer, config.n_embd, config.vocab_size
     p_blk = 12 * L * C * C

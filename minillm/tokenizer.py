@@ -41,7 +41,7 @@ import json
 import re
 import sys
 import unicodedata
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +71,7 @@ def _describe(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _check_ids(ids: Any, is_valid, allowed: str) -> list[int]:
+def _check_ids(ids: Any, is_valid: Callable[[int], bool], allowed: str) -> list[int]:
     """Validate a 1-D sequence of token ids; return it as a list of Python ints.
 
     `is_valid(i)` tells whether the int `i` is a token id; `allowed` describes the valid ids.

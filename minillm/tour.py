@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -73,7 +74,8 @@ def _weights_label(model: GPT) -> str:
 
 
 def run_tour(json_path: str | None = None, out_dir: str | None = "tour-out", backends: list[str] | None = None,
-             quick: bool = False, progress: bool = True, print_fn=print) -> dict[str, Any]:  # fmt: skip
+             quick: bool = False, progress: bool = True,
+             print_fn: Callable[..., None] = print) -> dict[str, Any]:  # fmt: skip
     """Run the tour; returns the JSON-able results (see the module docstring)."""
     from tqdm.auto import tqdm
 

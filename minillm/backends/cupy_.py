@@ -216,7 +216,7 @@ class ArrayBackend(NumpyBackend):
         return self.mm_t(x, wte).astype(np.float32)  # (N, V) logits in float32
 
     # --- the KV cache ----------------------------------------------------------------------
-    def kv_alloc(self, n_layer: int, B: int, H: int, T: int, D: int, dtype=None) -> tuple:
+    def kv_alloc(self, n_layer: int, B: int, H: int, T: int, D: int, dtype: Any = None) -> tuple:
         shape = (n_layer, B, H, T, D)
         return self.xp.zeros(shape, self.dtype), self.xp.zeros(shape, self.dtype)
 

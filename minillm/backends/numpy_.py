@@ -99,7 +99,7 @@ class NumpyBackend:
         return x @ wte.T if isinstance(wte, np.ndarray) else wte.matmul_t(x)  # (N, V)
 
     # --- the KV cache ----------------------------------------------------------------------
-    def kv_alloc(self, n_layer: int, B: int, H: int, T: int, D: int, dtype) -> tuple:
+    def kv_alloc(self, n_layer: int, B: int, H: int, T: int, D: int, dtype: Any) -> tuple:
         """Preallocate keys and values for T positions: two (L, B, H, T, D) arrays."""
         shape = (n_layer, B, H, T, D)
         return np.zeros(shape, dtype), np.zeros(shape, dtype)

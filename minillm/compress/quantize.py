@@ -115,7 +115,7 @@ def _check_layout(x: np.ndarray, axis: Any, group_size: Any) -> tuple[int | None
     return None, None
 
 
-def _reduce(x: np.ndarray, fn, axis: int | None, group_size: int | None) -> np.ndarray:
+def _reduce(x: np.ndarray, fn: Any, axis: int | None, group_size: int | None) -> np.ndarray:
     """Apply a reduction (np.min / np.max) at the granularity: () / (n,) / (groups, *rest)."""
     if group_size is not None:
         return fn(x.reshape(x.shape[0] // group_size, group_size, *x.shape[1:]), axis=1)

@@ -36,6 +36,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 __all__ = ["DEVICES", "Device", "bandwidth_probe", "cache_path", "cpu_spec", "fp32_peak", "get_device"]
 
@@ -101,7 +102,7 @@ class Device:
         """Arithmetic intensity $\\pi/\\beta$ (FLOP/byte) where the roofline bends."""
         return self.peak(dtype) / self.bandwidth
 
-    def attainable(self, intensity, dtype: str):
+    def attainable(self, intensity: ArrayLike, dtype: str) -> float | np.ndarray:
         """Roofline $\\min(\\pi, \\beta I)$ for intensity $I$ (FLOP/byte; scalar or array)."""
         I = np.asarray(intensity, dtype=np.float64)
         if np.any(I < 0) or np.any(np.isnan(I)):
@@ -241,7 +242,7 @@ def _ram_bytes() -> int | None:
         return None
 
 
-def _best_time(fn, min_repeats: int = 5, budget_s: float = 0.15) -> float:
+def _best_time(fn: Callable[[], object], min_repeats: int = 5, budget_s: float = 0.15) -> float:
     """Fastest of at least `min_repeats` runs, repeating while within `budget_s` (at most 100).
 
     The minimum is the run least disturbed by other processes on a shared machine.

@@ -43,6 +43,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 __all__ = [
     "INT32_MAX",
@@ -63,7 +64,7 @@ INT32_MIN = -(2**31)
 INT32_MAX = 2**31 - 1
 
 
-def _int_array(x, name: str, lo: int, hi: int) -> np.ndarray:
+def _int_array(x: ArrayLike, name: str, lo: int, hi: int) -> np.ndarray:
     """`x` as an int64 array, checked to be integers within [lo, hi]."""
     a = np.asarray(x)
     if a.dtype.kind not in "iu":
@@ -79,7 +80,7 @@ def _wrap_int32(v: np.ndarray) -> np.ndarray:
     return v.astype(np.int32)  # NumPy's int64 -> int32 cast keeps the low 32 bits
 
 
-def quantize_multiplier(real):
+def quantize_multiplier(real: ArrayLike) -> tuple[int, int] | tuple[np.ndarray, np.ndarray]:
     """Split a real multiplier into a Q31 significand and a power of two (TFLite's QuantizeMultiplier).
 
     $M = q\\,2^{\\text{shift}}$ with $q \\in [0.5, 1)$ (``frexp``), $m_0 = \\mathrm{round}(q\\,2^{31})$
@@ -119,7 +120,7 @@ def quantize_multiplier(real):
     return q_fixed.astype(np.int32), shift.astype(np.int32)
 
 
-def saturating_rounding_doubling_high_mul(a, b) -> np.ndarray:
+def saturating_rounding_doubling_high_mul(a: ArrayLike, b: ArrayLike) -> np.ndarray:
     """gemmlowp's SaturatingRoundingDoublingHighMul on int32 arrays (broadcasting).
 
     Returns $\\mathrm{trunc}((ab + \\nu)/2^{31})$ with $\\nu = 2^{30}$ for $ab \\ge 0$, else
@@ -135,7 +136,7 @@ def saturating_rounding_doubling_high_mul(a, b) -> np.ndarray:
     return np.where(overflow, INT32_MAX, high).astype(np.int32)
 
 
-def rounding_divide_by_pot(x, exponent) -> np.ndarray:
+def rounding_divide_by_pot(x: ArrayLike, exponent: ArrayLike) -> np.ndarray:
     """gemmlowp's RoundingDivideByPOT: $x / 2^{\\text{exponent}}$, nearest, ties away from zero.
 
     `exponent` (0..31) broadcasts against `x` (int32 values).
@@ -148,7 +149,7 @@ def rounding_divide_by_pot(x, exponent) -> np.ndarray:
     return ((x >> n) + (remainder > threshold)).astype(np.int32)
 
 
-def multiply_by_quantized_multiplier(x, m0, shift) -> np.ndarray:
+def multiply_by_quantized_multiplier(x: ArrayLike, m0: ArrayLike, shift: ArrayLike) -> np.ndarray:
     """TFLite's MultiplyByQuantizedMultiplier: $x \\cdot m_0 2^{\\text{shift}-31}$, rounded, in int32.
 
     Parameters
@@ -182,7 +183,7 @@ def multiply_by_quantized_multiplier(x, m0, shift) -> np.ndarray:
 # Quantized tensors and an integer-only linear layer
 
 
-def affine_qparams(x_min, x_max, symmetric: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def affine_qparams(x_min: ArrayLike, x_max: ArrayLike, symmetric: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """int8 scale and zero point covering ``[x_min, x_max]`` (the range is widened to include 0).
 
     Asymmetric: $S = (x_{max} - x_{min}) / 255$, $Z = \\mathrm{round}(-128 - x_{min}/S)$ clipped to
@@ -208,18 +209,18 @@ def affine_qparams(x_min, x_max, symmetric: bool = False) -> tuple[np.ndarray, n
     return scale, zero_point
 
 
-def quantize(x, scale, zero_point) -> np.ndarray:
+def quantize(x: ArrayLike, scale: ArrayLike, zero_point: ArrayLike) -> np.ndarray:
     """$q = \\mathrm{clip}(\\mathrm{round}(x/S) + Z, -128, 127)$ as int8 (round half to even)."""
     q = np.rint(np.asarray(x, dtype=np.float64) / scale) + zero_point
     return np.clip(q, -128, 127).astype(np.int8)
 
 
-def dequantize(q, scale, zero_point) -> np.ndarray:
+def dequantize(q: ArrayLike, scale: ArrayLike, zero_point: ArrayLike) -> np.ndarray:
     """$r = S (q - Z)$ in float64."""
     return (np.asarray(q, dtype=np.float64) - zero_point) * scale
 
 
-def quantize_bias(b, x_scale, w_scale) -> np.ndarray:
+def quantize_bias(b: ArrayLike, x_scale: ArrayLike, w_scale: ArrayLike) -> np.ndarray:
     """int32 bias with scale $S_1 S_2$ (input scale times weight scale), so it adds to the accumulator."""
     qb = np.rint(np.asarray(b, dtype=np.float64) / (np.asarray(x_scale) * np.asarray(w_scale)))
     if qb.size and (qb.min() < INT32_MIN or qb.max() > INT32_MAX):
@@ -227,7 +228,8 @@ def quantize_bias(b, x_scale, w_scale) -> np.ndarray:
     return qb.astype(np.int32)
 
 
-def int8_linear(x_q, x_zp, w_q, w_zp, bias_i32, multiplier, out_zp,
+def int8_linear(x_q: ArrayLike, x_zp: int, w_q: ArrayLike, w_zp: ArrayLike, bias_i32: ArrayLike | None,
+                multiplier: ArrayLike | tuple[ArrayLike, ArrayLike], out_zp: int,
                 act_min: int = -128, act_max: int = 127) -> np.ndarray:
     """An integer-only linear layer $y = xW + b$ as an int8 accelerator computes it.
 
@@ -312,7 +314,7 @@ class QuantizedLinear:
     shift: np.ndarray
 
     @classmethod
-    def from_float(cls, w, b, x_range: tuple[float, float], y_range: tuple[float, float],
+    def from_float(cls, w: ArrayLike, b: ArrayLike | None, x_range: tuple[float, float], y_range: tuple[float, float],
                    per_channel: bool = True) -> QuantizedLinear:
         """Quantize weights symmetrically (per output channel or per tensor), bias to int32.
 
@@ -333,12 +335,12 @@ class QuantizedLinear:
         return cls(quantize(w, w_scale, w_zp), w_scale, w_zp, bias_q, float(x_scale), int(x_zp),
                    float(y_scale), int(y_zp), np.asarray(m0), np.asarray(shift))
 
-    def __call__(self, x_q) -> np.ndarray:
+    def __call__(self, x_q: ArrayLike) -> np.ndarray:
         """int8 inputs (..., K) -> int8 outputs (..., N), integers only."""
         return int8_linear(x_q, self.x_zp, self.w_q, self.w_zp, self.bias_q,
                            (self.m0, self.shift), self.y_zp)
 
-    def forward(self, x) -> np.ndarray:
+    def forward(self, x: ArrayLike) -> np.ndarray:
         """Float inputs -> quantize -> integer layer -> dequantized float64 outputs."""
         y_q = self(quantize(x, self.x_scale, self.x_zp))
         return dequantize(y_q, self.y_scale, self.y_zp)

@@ -40,6 +40,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 __all__ = ["FORMATS", "FloatFormat", "decode_bits", "machine_epsilon", "round_to"]
 
@@ -146,7 +147,7 @@ _INF = np.uint32(0x7F80_0000)
 _QNAN = np.uint32(0x7FC0_0000)
 
 
-def round_to(x, fmt: str) -> np.ndarray:
+def round_to(x: ArrayLike, fmt: str) -> np.ndarray:
     """Round to the nearest value of `fmt` (ties to even) and return it as float32.
 
     Parameters
@@ -215,7 +216,7 @@ def _round_subnormal(a: np.ndarray, f: FloatFormat) -> np.ndarray:
     return bits.astype(np.uint32)
 
 
-def decode_bits(bits, fmt: str) -> np.ndarray:
+def decode_bits(bits: ArrayLike, fmt: str) -> np.ndarray:
     """Value of raw bit patterns of `fmt` (as unsigned integers), by the formula of the module docstring.
 
     Parameters

@@ -48,12 +48,18 @@ activation format; the LM head is the tied embedding stored in the weight format
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from minillm.config import GPTConfig
 from minillm.hw.devices import Device, get_device
+
+if TYPE_CHECKING:  # matplotlib is imported only when a plot is drawn
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 __all__ = [
     "ACT_BYTES",
@@ -143,7 +149,7 @@ def _act_bytes(act_dtype: str) -> int:
     return ACT_BYTES[act_dtype]
 
 
-def _config(config) -> GPTConfig:
+def _config(config: GPTConfig | str) -> GPTConfig:
     if isinstance(config, str):
         return GPTConfig.preset(config)
     if not isinstance(config, GPTConfig):
@@ -151,7 +157,7 @@ def _config(config) -> GPTConfig:
     return config
 
 
-def _positive_int(name: str, v) -> int:
+def _positive_int(name: str, v: object) -> int:
     if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
         raise ValueError(f"{name} must be a positive int, got {v!r}")
     return int(v)
@@ -386,7 +392,8 @@ def format_report(report: dict) -> str:
     return "\n".join(lines)
 
 
-def roofline_plot(devices=("h100",), dtype: str | None = None, points=None, ax=None):
+def roofline_plot(devices: Iterable[str | Device] | str | Device = ("h100",), dtype: str | None = None,
+                  points: Iterable[tuple[str, float, float]] | None = None, ax: Axes | None = None) -> Figure:
     """Draw rooflines $\\min(\\pi, \\beta I)$ on log-log axes, optionally with measured points.
 
     Parameters

@@ -44,6 +44,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 __all__ = ["TPU_V1", "SystolicArray", "SystolicResult", "SystolicState"]
 
@@ -96,7 +97,7 @@ class SystolicResult:
         return self.useful_macs / (self.rows * self.cols * self.cycles)
 
 
-def _int8(a, name: str) -> np.ndarray:
+def _int8(a: ArrayLike, name: str) -> np.ndarray:
     a = np.asarray(a)
     if a.dtype.kind not in "iu":
         raise TypeError(f"{name} must be an integer (int8) array, got dtype {a.dtype}")
@@ -189,7 +190,7 @@ class SystolicArray:
             busy = (row >= 0) & (row < M)
             yield SystolicState(t, a, p, np.where(busy, row, -1), busy & useful, out, done)
 
-    def run(self, x, w, c_in=None) -> SystolicResult:
+    def run(self, x: ArrayLike, w: ArrayLike, c_in: ArrayLike | None = None) -> SystolicResult:
         """One pass: ``c_in + x @ w`` with ``x`` (M, K), ``w`` (K, N), K <= rows, N <= cols.
 
         `c_in` (M, N) int32 is an optional initial accumulator fed in at the top edge.
@@ -200,7 +201,7 @@ class SystolicArray:
         N = w.shape[1]
         return SystolicResult(state.output, state.t + 1, M * K * N, self.rows, self.cols, 1)
 
-    def matmul(self, x, w, c_in=None) -> SystolicResult:
+    def matmul(self, x: ArrayLike, w: ArrayLike, c_in: ArrayLike | None = None) -> SystolicResult:
         """``c_in + x @ w`` for any sizes, tiled onto the array; cycles summed over passes.
 
         K is cut in chunks of `rows` (partial sums chained through the top edge), N in chunks
@@ -223,14 +224,14 @@ class SystolicArray:
             out[:, cols] = acc
         return SystolicResult(out, cycles, M * K * N, self.rows, self.cols, passes)
 
-    def frames(self, x, w, c_in=None) -> Iterator[SystolicState]:
+    def frames(self, x: ArrayLike, w: ArrayLike, c_in: ArrayLike | None = None) -> Iterator[SystolicState]:
         """Yield a copy of the array's state after every cycle of one pass (for animations)."""
         x, w, c = self._check(x, w, c_in, single_pass=True)
         for s in self._run(x, w, c):
             yield SystolicState(s.t, s.activations.copy(), s.psums.copy(), s.row, s.active,
                                 s.output.copy(), s.done.copy())
 
-    def state_at(self, x, w, t: int, c_in=None) -> SystolicState:
+    def state_at(self, x: ArrayLike, w: ArrayLike, t: int, c_in: ArrayLike | None = None) -> SystolicState:
         """The state after cycle `t` of one pass (0 <= t < M + rows + N - 2)."""
         x, w, _ = self._check(x, w, c_in, single_pass=True)
         n = self.pass_cycles(x.shape[0], w.shape[1])
@@ -241,7 +242,7 @@ class SystolicArray:
                 return s
         raise AssertionError("unreachable")
 
-    def _check(self, x, w, c_in, single_pass: bool):
+    def _check(self, x: ArrayLike, w: ArrayLike, c_in: ArrayLike | None, single_pass: bool):
         x = _int8(x, "x")
         w = _int8(w, "w")
         if x.shape[1] != w.shape[0]:

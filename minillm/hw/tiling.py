@@ -33,6 +33,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 __all__ = [
     "TiledMatmul",
@@ -96,7 +97,7 @@ class TiledMatmul:
         return self.flops / self.global_bytes
 
 
-def blocked_matmul(A, B, BM: int, BN: int, BK: int, TM: int = 1, TN: int = 1) -> TiledMatmul:
+def blocked_matmul(A: ArrayLike, B: ArrayLike, BM: int, BN: int, BK: int, TM: int = 1, TN: int = 1) -> TiledMatmul:
     """Emulate a shared-memory tiled GPU matmul ``C = A @ B`` and count its memory traffic.
 
     Parameters

@@ -53,14 +53,14 @@ def log_softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
 
 #
 # Embedding: token rows plus position rows.
-def embedding(wte: np.ndarray, wpe: np.ndarray, idx: np.ndarray, pos0: int = 0):
+def embedding(wte: np.ndarray, wpe: np.ndarray, idx: np.ndarray, pos0: int = 0) -> tuple[np.ndarray, tuple]:
     """$x_{b,t} = W_{te}[\\mathrm{idx}_{b,t}] + W_{pe}[t_0 + t]$; returns (x, cache)."""
     B, T = idx.shape
     x = wte[idx] + wpe[pos0 : pos0 + T]  # (B, T, C)
     return x, (idx, pos0, wte.shape[0], wpe.shape[0])
 
 
-def embedding_backward(dx: np.ndarray, cache):
+def embedding_backward(dx: np.ndarray, cache: tuple) -> tuple[np.ndarray, np.ndarray]:
     """Scatter-add the gradient back into the rows that were read."""
     idx, pos0, V, Tmax = cache
     B, T, C = dx.shape
@@ -74,7 +74,7 @@ def embedding_backward(dx: np.ndarray, cache):
 
 #
 # LayerNorm normalises each position's C features, then scales and shifts.
-def layer_norm(x: np.ndarray, w: np.ndarray, b: np.ndarray, eps: float = 1e-5):
+def layer_norm(x: np.ndarray, w: np.ndarray, b: np.ndarray, eps: float = 1e-5) -> tuple[np.ndarray, tuple]:
     """$y = \\gamma (x - \\mu)/\\sqrt{\\sigma^2 + \\epsilon} + \\beta$; returns (y, cache)."""
     mu = x.mean(axis=-1, keepdims=True)  # (..., 1)
     xc = x - mu
@@ -84,7 +84,7 @@ def layer_norm(x: np.ndarray, w: np.ndarray, b: np.ndarray, eps: float = 1e-5):
     return xhat * w + b, (xhat, rstd, w)
 
 
-def layer_norm_backward(dy: np.ndarray, cache):
+def layer_norm_backward(dy: np.ndarray, cache: tuple) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Gradients (dx, dw, db) of LayerNorm."""
     xhat, rstd, w = cache
     C = xhat.shape[-1]
@@ -97,12 +97,12 @@ def layer_norm_backward(dy: np.ndarray, cache):
 
 #
 # Linear in Conv1D layout: W is (in, out), so a row vector x maps to x @ W.
-def linear(x: np.ndarray, w: np.ndarray, b: np.ndarray):
+def linear(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, tuple]:
     """$y = xW + b$; returns (y, cache)."""
     return x @ w + b, (x, w)  # (..., out)
 
 
-def linear_backward(dy: np.ndarray, cache):
+def linear_backward(dy: np.ndarray, cache: tuple) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Gradients (dx, dw, db) of $y = xW + b$."""
     x, w = cache
     n_in, n_out = w.shape
@@ -116,13 +116,13 @@ def linear_backward(dy: np.ndarray, cache):
 
 #
 # GELU with GPT-2's tanh approximation.
-def gelu(x: np.ndarray):
+def gelu(x: np.ndarray) -> tuple[np.ndarray, tuple]:
     """$\\tfrac12 x (1 + \\tanh(\\sqrt{2/\\pi}(x + 0.044715 x^3)))$; returns (y, cache)."""
     t = np.tanh(GELU_C * (x + 0.044715 * x * x * x))
     return 0.5 * x * (1.0 + t), (x, t)
 
 
-def gelu_backward(dy: np.ndarray, cache):
+def gelu_backward(dy: np.ndarray, cache: tuple) -> np.ndarray:
     """$\\mathrm{gelu}'(x) = \\tfrac12(1+t) + \\tfrac12 x (1-t^2)\\sqrt{2/\\pi}(1 + 3 \\cdot 0.044715 x^2)$."""
     x, t = cache
     du = GELU_C * (1.0 + 3 * 0.044715 * x * x)
@@ -152,7 +152,7 @@ def causal_mask(T: int, S: int | None = None) -> np.ndarray:
     return np.arange(S)[None, :] > (np.arange(T)[:, None] + (S - T))
 
 
-def attention(qkv: np.ndarray, n_head: int):
+def attention(qkv: np.ndarray, n_head: int) -> tuple[np.ndarray, tuple]:
     """Causal self-attention of a (B, T, 3C) QKV tensor; returns (y (B, T, C), cache)."""
     B, T, C3 = qkv.shape
     q, k, v = np.split(qkv, 3, axis=-1)  # 3 x (B, T, C)
@@ -165,7 +165,7 @@ def attention(qkv: np.ndarray, n_head: int):
     return y, (q, k, v, a, scale)
 
 
-def attention_backward(dy: np.ndarray, cache) -> np.ndarray:
+def attention_backward(dy: np.ndarray, cache: tuple) -> np.ndarray:
     """Gradient of the (B, T, 3C) QKV input of `attention`."""
     q, k, v, a, scale = cache
     H = q.shape[1]
@@ -181,7 +181,7 @@ def attention_backward(dy: np.ndarray, cache) -> np.ndarray:
 
 #
 # Cross-entropy, averaged over every position.
-def cross_entropy(logits: np.ndarray, targets: np.ndarray):
+def cross_entropy(logits: np.ndarray, targets: np.ndarray) -> tuple[float, tuple]:
     """Mean $-\\log \\mathrm{softmax}(z)_{y}$ over all positions; returns (loss, cache)."""
     V = logits.shape[-1]
     z = logits.reshape(-1, V)  # (N, V)
@@ -191,7 +191,7 @@ def cross_entropy(logits: np.ndarray, targets: np.ndarray):
     return float(loss), (logp, y, logits.shape)
 
 
-def cross_entropy_backward(cache, dloss: float = 1.0) -> np.ndarray:
+def cross_entropy_backward(cache: tuple, dloss: float = 1.0) -> np.ndarray:
     """$\\partial \\ell / \\partial z = (\\mathrm{softmax}(z) - \\mathrm{onehot}(y)) / N$."""
     logp, y, shape = cache
     dz = np.exp(logp)  # (N, V) probabilities
