@@ -325,6 +325,7 @@ def cmd_roofline(a: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
+    """The `minillm` parser: one subparser per command, each handled by its ``cmd_*`` function."""
     from . import __version__
 
     p = _Parser(prog="minillm", description="A from-scratch teaching engine for "

@@ -114,6 +114,7 @@ def render_results(result: dict[str, Any]) -> str:
 
 
 def render_headline(result: dict[str, Any]) -> str:
+    """The README's "Measured" table: one row per tour variant."""
     from .tour import markdown_table
 
     return markdown_table(result) + "\n"
