@@ -599,7 +599,7 @@ def bench_suite(rounds: int = SUITE_ROUNDS, peer_python: str | None = None, kv_c
     this machine's bandwidth moves between levels within seconds, so a limit measured once per
     round could belong to another level than the entry it divides. ``timeline`` keeps every
     entry's limit and achieved GB/s against the seconds since the start (`plot_timeline`)."""
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     from .config import GPTConfig
     from .hw.devices import Device, bandwidth_probe, fp32_peak

@@ -77,7 +77,7 @@ def run_tour(json_path: str | None = None, out_dir: str | None = "tour-out", bac
              quick: bool = False, progress: bool = True,
              print_fn: Callable[..., None] = print) -> dict[str, Any]:  # fmt: skip
     """Run the tour; returns the JSON-able results (see the module docstring)."""
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     from . import data
     from .generate import generate
@@ -287,7 +287,7 @@ TARGETS = {("int8", None): 0.01, ("q8_0", None): 0.01, ("q4_0", None): 0.10, ("i
 
 def run_tradeoffs(json_path: str | None = None, quick: bool = False, progress: bool = True) -> dict[str, Any]:
     """Validation loss and stored bytes of every `TRADEOFFS` entry on the same validation slice."""
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     from . import data
     from .compress.recipe import apply_recipe
