@@ -53,7 +53,7 @@ def decode_bytes_per_token(model: GPT, context: int, batch: int = 1) -> int:
     return total + kv_cache_bytes(cfg, context, batch)
 
 
-def kv_cache_bytes(config: Any, context: int, batch: int = 1) -> int:
+def kv_cache_bytes(config: GPTConfig, context: int, batch: int = 1) -> int:
     """Bytes of the float32 keys and values of `context` positions, every layer, `batch` sequences."""
     return batch * 2 * config.n_layer * context * config.n_embd * 4
 
@@ -284,7 +284,6 @@ def bench_train(preset: str = "teacher", steps: int = 10, batch_size: int = 32, 
     """Training tokens/s (forward + hand-written backward + AdamW) on random tokens, best step of
     `steps`; with PyTorch importable, the same shapes trained by `transformers.GPT2LMHeadModel`
     and `torch.optim.AdamW` in the same run, for the ratio."""
-    from .config import GPTConfig
     from .train import AdamW, TrainConfig, clip_grads, cross_entropy_step
 
     cfg = GPTConfig.preset(preset, vocab_size=vocab_size)
@@ -480,7 +479,7 @@ print(json.dumps({"prefill_tok_s": round(prompt_n / best_p, 2), "decode_tok_s": 
 """
 
 
-def gguf_tensors(params: dict[str, Any], config: Any) -> dict[str, np.ndarray]:
+def gguf_tensors(params: dict[str, Any], config: GPTConfig) -> dict[str, np.ndarray]:
     """A float32 GPT's parameters under GGUF's "gpt2" names, matrices as (out, in) rows (ours
     are (in, out)); the head stays tied to `token_embd`."""
     names = {"ln_1": "attn_norm", "attn.c_attn": "attn_qkv", "attn.c_proj": "attn_output", "ln_2": "ffn_norm",
@@ -497,13 +496,11 @@ def gguf_tensors(params: dict[str, Any], config: Any) -> dict[str, np.ndarray]:
     return {name: np.ascontiguousarray(a, dtype=np.float32) for name, a in out.items()}
 
 
-def llamacpp_gguf(llamacpp_python: str, weights: str, directory: str | Path, config: Any = None,
+def llamacpp_gguf(llamacpp_python: str, weights: str, directory: str | Path, config: GPTConfig | None = None,
                   params: dict[str, Any] | None = None) -> Path:  # fmt: skip
     """Write a GGUF file in `weights` ("fp32", "q8_0" or "q4_0") into `directory`: the shape of
     `config` (default: the GPT-2 124M preset), GGUF's "gpt2" architecture, random weights or
     the float32 `params` of a model of that config (quantized by `gguf` for Q8_0 and Q4_0)."""
-    from .config import GPTConfig
-
     if weights not in LLAMACPP_FORMATS:
         raise ValueError(f"llama.cpp peer formats are {sorted(LLAMACPP_FORMATS)}, got {weights!r}")
     c = config or GPTConfig.preset("gpt2")
@@ -601,7 +598,6 @@ def bench_suite(rounds: int = SUITE_ROUNDS, peer_python: str | None = None, kv_c
     entry's limit and achieved GB/s against the seconds since the start (`plot_timeline`)."""
     from tqdm import tqdm
 
-    from .config import GPTConfig
     from .hw.devices import Device, bandwidth_probe, fp32_peak
     from .io import load
 

@@ -327,6 +327,7 @@ def cmd_roofline(a: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The `minillm` parser: one subparser per command, each handled by its ``cmd_*`` function."""
     from . import __version__
+    from .hw.devices import DEVICES
 
     p = _Parser(prog="minillm", description="A from-scratch teaching engine for "
                                 "fast LLM inference.")  # fmt: skip
@@ -434,8 +435,6 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("roofline", help="predicted time per op on a device (roofline model)")
     r.add_argument("--model", default="gpt2", help="a preset name: tiny, teacher, student, gpt2 (default: gpt2)")
     r.add_argument("--weights", default="fp32", help="fp32, fp16, bf16, int8, q8_0, q4_0, int4-g32 (default: fp32)")
-    from .hw.devices import DEVICES
-
     r.add_argument("--device", default="cpu", help=f"cpu (measured), {', '.join(DEVICES)} (default: cpu)")
     r.add_argument("--phase", default="decode", choices=["decode", "prefill"],
                    help="one decode step, or the whole prompt at once (default: decode)")
